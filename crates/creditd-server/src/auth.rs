@@ -1,0 +1,297 @@
+//! Who is calling: API keys (admin, gateway), the configured admin secret,
+//! and account tokens.
+//!
+//! Secrets are `ck_<id>_<64 hex>` (keys) and `ct_<id>_<64 hex>` (account
+//! tokens). The store keeps only the SHA-256 (hex) of the whole secret; a
+//! presented secret is looked up by its id and its hash compared in constant
+//! time. Verified keys are cached briefly; deleting a key evicts it at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use creditd_store::{AccountToken, ApiKey, Command, Reply, Role, Store, StoreError};
+use jiff::Timestamp;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+const KEY_PREFIX: &str = "ck_";
+const TOKEN_PREFIX: &str = "ct_";
+/// How long a verified key is trusted without asking the store again.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Keys cached at most; the cache is emptied when full.
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Gateway,
+    /// An account token: reads of this one account only.
+    Account(String),
+}
+
+/// What a route requires of its caller.
+#[derive(Clone, Copy, Debug)]
+pub enum Access<'a> {
+    /// Admin only.
+    Admin,
+    /// Admin or gateway (metering).
+    Gateway,
+    /// Admin, gateway, or the account's own token (`GET` account and balance).
+    GatewayOrAccount(&'a str),
+    /// Admin or the account's own token (the account's other `GET`s).
+    AdminOrAccount(&'a str),
+}
+
+impl Caller {
+    /// `403 forbidden` unless this caller may use a route requiring `access`.
+    pub fn require(&self, access: Access<'_>) -> ApiResult<()> {
+        let allowed = match (self, access) {
+            (Caller::Admin, _) => true,
+            (Caller::Gateway, Access::Gateway | Access::GatewayOrAccount(_)) => true,
+            (Caller::Account(own), Access::GatewayOrAccount(id) | Access::AdminOrAccount(id)) => own == id,
+            _ => false,
+        };
+        if allowed { Ok(()) } else { Err(ApiError::forbidden("this key may not make this call")) }
+    }
+}
+
+/// SHA-256 hex of a secret: what the store keeps.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn hashes_match(secret: &str, stored_hash: &str) -> bool {
+    let presented = hash_secret(secret);
+    presented.as_bytes().ct_eq(stored_hash.as_bytes()).into()
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Splits `<prefix><id>_<random>` into its id.
+fn secret_id<'a>(secret: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = secret.strip_prefix(prefix)?;
+    let (id, random) = rest.split_once('_')?;
+    (!id.is_empty() && !random.is_empty()).then_some(id)
+}
+
+/// A new API key (to be stored) and its secret.
+pub(crate) fn new_key(role: Role, name: &str, now: Timestamp) -> (ApiKey, String) {
+    let id = new_id();
+    let secret = format!("{KEY_PREFIX}{id}_{}", random_hex());
+    let key = ApiKey { id, role, name: name.to_string(), secret_hash: hash_secret(&secret), created_at: now };
+    (key, secret)
+}
+
+/// A new account token and its secret; the caller stores it (possibly with an
+/// `Idempotency-Key`).
+pub(crate) fn new_account_token(
+    account_id: &str,
+    now: Timestamp,
+    ttl_seconds: u64,
+) -> ApiResult<(AccountToken, String)> {
+    let id = new_id();
+    let secret = format!("{TOKEN_PREFIX}{id}_{}", random_hex());
+    let ttl = i64::try_from(ttl_seconds).map_err(|_| ApiError::invalid_field("ttl_seconds", "is too large"))?;
+    let expires_at = now
+        .checked_add(jiff::SignedDuration::from_secs(ttl))
+        .map_err(|_| ApiError::invalid_field("ttl_seconds", "is too large"))?;
+    let token = AccountToken {
+        id,
+        account_id: account_id.to_string(),
+        secret_hash: hash_secret(&secret),
+        expires_at,
+        created_at: now,
+    };
+    Ok((token, secret))
+}
+
+/// Verified keys, by id. A key read from the store before an eviction is
+/// not cached after it (the generation tells), so a deleted key is refused
+/// from the moment its `DELETE` answers.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    inner: Mutex<KeyCacheInner>,
+}
+
+#[derive(Default)]
+struct KeyCacheInner {
+    entries: HashMap<String, (ApiKey, Instant)>,
+    generation: u64,
+}
+
+impl KeyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyCacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Option<ApiKey> {
+        self.lock().entries.get(id).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(key, _)| key.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Caches `key` unless something was evicted since `generation` was read.
+    fn put(&self, key: ApiKey, generation: u64) {
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if inner.entries.len() >= KEY_CACHE_MAX {
+            inner.entries.clear();
+        }
+        inner.entries.insert(key.id.clone(), (key, Instant::now()));
+    }
+
+    pub(crate) fn evict(&self, id: &str) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.remove(id);
+    }
+}
+
+impl AppState {
+    async fn authenticate(&self, secret: &str) -> ApiResult<Caller> {
+        let bad = || ApiError::unauthorized("the key is not valid");
+        if let Some(admin) = &self.config.admin_key {
+            // Compare digests: constant time whatever the lengths.
+            let configured = Sha256::digest(admin.as_bytes());
+            let presented = Sha256::digest(secret.as_bytes());
+            if bool::from(configured.as_slice().ct_eq(presented.as_slice())) {
+                return Ok(Caller::Admin);
+            }
+        }
+        if let Some(id) = secret_id(secret, KEY_PREFIX) {
+            let cached = self.keys.get(id);
+            let key = match &cached {
+                Some(key) => key.clone(),
+                None => {
+                    let generation = self.keys.generation();
+                    let key = self.store.key(id).await?.ok_or_else(bad)?;
+                    if hashes_match(secret, &key.secret_hash) {
+                        self.keys.put(key.clone(), generation);
+                    }
+                    key
+                }
+            };
+            if !hashes_match(secret, &key.secret_hash) {
+                return Err(bad());
+            }
+            return Ok(match key.role {
+                Role::Admin => Caller::Admin,
+                Role::Gateway => Caller::Gateway,
+            });
+        }
+        if let Some(id) = secret_id(secret, TOKEN_PREFIX) {
+            let token = self.store.account_token(id).await?.ok_or_else(bad)?;
+            if !hashes_match(secret, &token.secret_hash) {
+                return Err(bad());
+            }
+            if token.expires_at <= self.clock.now() {
+                return Err(ApiError::unauthorized("the account token has expired"));
+            }
+            return Ok(Caller::Account(token.account_id));
+        }
+        Err(bad())
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("an Authorization: Bearer <key> header is required"))?;
+        let text = header.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not valid"))?;
+        let (scheme, secret) = text
+            .split_once(' ')
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be Bearer <key>"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthorized("the Authorization header must be Bearer <key>"));
+        }
+        let secret = secret.trim();
+        if secret.is_empty() || secret.len() > 512 {
+            return Err(ApiError::unauthorized("the key is not valid"));
+        }
+        state.authenticate(secret).await
+    }
+}
+
+/// Creates a key through the store and returns it with its secret (shown once).
+/// The key's `created_at` is the machine's clock: keys are made outside any
+/// test clock (by the CLI, or at the first start).
+pub async fn create_key(store: &dyn Store, role: Role, name: &str) -> Result<(ApiKey, String), StoreError> {
+    let (key, secret) = new_key(role, name, Timestamp::now());
+    match store.execute(Command::CreateKey { key }, None).await? {
+        Reply::Key(key) => Ok((key, secret)),
+        other => Err(StoreError::Internal(format!(
+            "unexpected reply to CreateKey: {}",
+            crate::idempotency::reply_name(&other)
+        ))),
+    }
+}
+
+/// If no admin key is configured and none is stored, creates one and returns
+/// its secret, to be printed once.
+pub async fn ensure_admin_key(store: &dyn Store, configured: Option<&str>) -> Result<Option<String>, StoreError> {
+    if configured.is_some_and(|k| !k.is_empty()) {
+        return Ok(None);
+    }
+    if store.keys().await?.iter().any(|k| k.role == Role::Admin) {
+        return Ok(None);
+    }
+    let (_, secret) = create_key(store, Role::Admin, "admin").await?;
+    Ok(Some(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_split_into_their_id() {
+        assert_eq!(secret_id("ck_abc_def", KEY_PREFIX), Some("abc"));
+        assert_eq!(secret_id("ck__def", KEY_PREFIX), None);
+        assert_eq!(secret_id("ck_abc_", KEY_PREFIX), None);
+        assert_eq!(secret_id("ct_abc_def", KEY_PREFIX), None);
+    }
+
+    #[test]
+    fn access_rules() {
+        let token = Caller::Account("u_1".into());
+        assert!(token.require(Access::AdminOrAccount("u_1")).is_ok());
+        assert!(token.require(Access::AdminOrAccount("u_2")).is_err());
+        assert!(token.require(Access::Gateway).is_err());
+        assert!(Caller::Gateway.require(Access::GatewayOrAccount("u_2")).is_ok());
+        assert!(Caller::Gateway.require(Access::AdminOrAccount("u_2")).is_err());
+        assert!(Caller::Gateway.require(Access::Admin).is_err());
+        assert!(Caller::Admin.require(Access::AdminOrAccount("x")).is_ok());
+    }
+
+    #[test]
+    fn hash_compare() {
+        let h = hash_secret("ck_a_b");
+        assert!(hashes_match("ck_a_b", &h));
+        assert!(!hashes_match("ck_a_c", &h));
+    }
+}

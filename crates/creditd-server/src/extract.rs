@@ -1,0 +1,234 @@
+//! Extractors whose failures are API errors, never axum's default rejections.
+//!
+//! Bodies are read as bytes (at most [`MAX_BODY_BYTES`]) and parsed inside
+//! the handler, after authorisation, so that a caller without the right role
+//! learns nothing about the shape of a body it may not send.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+use crate::validate::{self, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_CHARS};
+
+/// The raw request body, at most 64 KiB.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        }
+        let body = req.into_body();
+        let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+        match http_body_util::BodyExt::collect(limited).await {
+            Ok(collected) => Ok(Body(collected.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(MAX_BODY_BYTES)),
+            Err(_) => Err(ApiError::invalid("the request body could not be read")),
+        }
+    }
+}
+
+/// A parsed JSON body and the fingerprint of its canonical form.
+pub struct Parsed<T> {
+    pub value: T,
+    pub fingerprint: String,
+}
+
+impl Body {
+    /// Parses a JSON object body. An empty body is `{}` when `empty_ok`.
+    fn json_value(&self, empty_ok: bool) -> ApiResult<Value> {
+        if self.0.iter().all(u8::is_ascii_whitespace) {
+            return if empty_ok {
+                Ok(Value::Object(Default::default()))
+            } else {
+                Err(ApiError::invalid("a JSON object body is required"))
+            };
+        }
+        let value: Value = serde_json::from_slice(&self.0)
+            .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
+        Ok(value)
+    }
+
+    /// Parses the body into `T` (a DTO).
+    pub fn parse<T: DeserializeOwned>(&self) -> ApiResult<Parsed<T>> {
+        self.parse_inner(false)
+    }
+
+    /// Like [`Body::parse`], but an empty body counts as `{}`.
+    pub fn parse_or_empty<T: DeserializeOwned>(&self) -> ApiResult<Parsed<T>> {
+        self.parse_inner(true)
+    }
+
+    fn parse_inner<T: DeserializeOwned>(&self, empty_ok: bool) -> ApiResult<Parsed<T>> {
+        let value = self.json_value(empty_ok)?;
+        let fingerprint = fingerprint(&value);
+        let parsed = T::deserialize(&value).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?;
+        Ok(Parsed { value: parsed, fingerprint })
+    }
+}
+
+/// SHA-256 (hex) of the canonical serialisation of a JSON value: keys sorted
+/// at every level, no whitespace. Two bodies that differ only in key order or
+/// spacing have the same fingerprint.
+pub fn fingerprint(value: &Value) -> String {
+    let mut text = Vec::new();
+    write_canonical(value, &mut text);
+    hex::encode(Sha256::digest(&text))
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(key.clone()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical(&map[key], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// Path parameters as strings; a path that cannot be decoded is `400`.
+pub struct PathParams(pub Vec<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("invalid path: {}", e.body_text())))?;
+        Ok(PathParams(params.into_iter().map(|(_, v)| v).collect()))
+    }
+}
+
+impl PathParams {
+    pub fn get(&self, index: usize) -> ApiResult<&str> {
+        self.0.get(index).map(String::as_str).ok_or_else(|| ApiError::internal("missing path parameter"))
+    }
+}
+
+/// The query string as a map; a malformed one is `400`.
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))?;
+        Ok(QueryParams(map))
+    }
+}
+
+impl QueryParams {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// `?limit` (1–1000, default 100) and `?cursor`.
+    pub fn page(&self) -> ApiResult<creditd_store::Page> {
+        let limit = match self.get("limit") {
+            None => validate::DEFAULT_PAGE_LIMIT,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=validate::MAX_PAGE_LIMIT).contains(&n) => n,
+                _ => return Err(ApiError::invalid_field("limit", "must be an integer from 1 to 1000")),
+            },
+        };
+        let cursor = match self.get("cursor") {
+            None | Some("") => None,
+            Some(c) if c.len() <= validate::MAX_CURSOR_CHARS => Some(c.to_string()),
+            Some(_) => return Err(ApiError::invalid_field("cursor", "is not a cursor of this API")),
+        };
+        Ok(creditd_store::Page { limit, cursor })
+    }
+
+    pub fn bool(&self, key: &str) -> ApiResult<bool> {
+        match self.get(key) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(_) => Err(ApiError::invalid_field(key, "must be true or false")),
+        }
+    }
+}
+
+/// The `Idempotency-Key` header of a non-metering `POST`, with the scope it
+/// is valid in (method and path).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub scope: String,
+    pub key: String,
+}
+
+/// `Option<IdempotencyKey>`: present only when the header was sent.
+pub struct MaybeIdempotencyKey(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeIdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(MaybeIdempotencyKey(None));
+        };
+        let invalid = || {
+            ApiError::invalid_field(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters"),
+            )
+        };
+        let key = value.to_str().map_err(|_| invalid())?;
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(invalid());
+        }
+        let scope = format!("{} {}", parts.method, parts.uri.path());
+        Ok(MaybeIdempotencyKey(Some(IdempotencyKey { scope, key: key.to_string() })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_spacing() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&json!({"b": 2, "a": {"x": "s", "y": [1, 2]}})));
+        assert_eq!(fingerprint(&a).len(), 64);
+    }
+}

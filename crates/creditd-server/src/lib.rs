@@ -1,0 +1,71 @@
+//! creditd-server: the HTTP API of `api.md` over a [`Store`].
+//!
+//! Handlers parse and validate requests into core and store types, ask the
+//! store, and render the answer; they hold no business rule. DTOs (the only
+//! serde types of the project) live in [`dto`].
+
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod export;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod payments;
+pub mod respond;
+pub mod routes;
+pub mod state;
+pub mod validate;
+
+mod idempotency;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use creditd_core::Usd;
+use creditd_store::{Clock, EngineConfig, ManualClock, Store};
+
+pub use auth::{create_key, ensure_admin_key};
+pub use error::ApiError;
+
+/// What the API needs from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    /// Pricing policy (`credits_per_usd`…) and the default hold TTL.
+    pub engine: EngineConfig,
+    /// Per payment provider: the smallest top-up accepted through the API.
+    pub min_topup_usd: HashMap<String, Usd>,
+    /// A configured admin secret (`--admin-key`, `CREDITD_ADMIN_KEY`), accepted as admin.
+    pub admin_key: Option<String>,
+    /// Payment providers whose webhooks are served (secrets, product mapping).
+    pub payments: payments::PaymentsConfig,
+}
+
+/// The API: a store, a clock and the configuration.
+pub struct App {
+    state: state::AppState,
+}
+
+impl App {
+    /// `test_clock`: the clock `/v1/test/clock` drives (`--test-clock`); it
+    /// should be the same clock as `clock` and the store's.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        test_clock: Option<Arc<ManualClock>>,
+        config: ServerConfig,
+    ) -> App {
+        metrics::install();
+        App { state: state::AppState::new(store, clock, test_clock, config) }
+    }
+
+    /// The whole API.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Every `(method, path)` the router serves, paths in axum's syntax.
+    pub fn routes() -> Vec<(&'static str, &'static str)> {
+        routes::table().into_iter().map(|r| (r.method, r.path)).collect()
+    }
+}

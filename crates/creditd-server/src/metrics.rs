@@ -1,0 +1,74 @@
+//! Prometheus metrics: request counts and latencies by matched route and
+//! status, metering outcomes by call and result. The store adds
+//! `creditd_writer_batch_size`. No label ever carries an account id: routes
+//! are labelled by their pattern (`/v1/accounts/{id}/balance`).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "creditd_http_requests_total";
+pub const HTTP_DURATION: &str = "creditd_http_request_duration_seconds";
+pub const METERING: &str = "creditd_metering_total";
+pub const WRITER_BATCH_SIZE: &str = "creditd_writer_batch_size";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BATCH_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Installs the Prometheus recorder, once per process (tests build many
+/// routers). If another recorder was installed first, metrics are rendered
+/// from a recorder of our own that nothing records into: `/metrics` still answers.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = || {
+            let b = PrometheusBuilder::new();
+            let b = b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_string()), &LATENCY_BUCKETS);
+            let b =
+                b.and_then(|b| b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_SIZE.to_string()), &BATCH_BUCKETS));
+            b.unwrap_or_else(|_| PrometheusBuilder::new())
+        };
+        match builder().install_recorder() {
+            Ok(handle) => handle,
+            Err(error) => {
+                tracing::warn!(%error, "a metrics recorder was already installed; /metrics will be empty");
+                builder().build_recorder().handle()
+            }
+        }
+    })
+}
+
+/// The text `/metrics` answers.
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Counts one metering call's result (`ok` or an error code).
+pub fn metering(call: &'static str, result: &'static str) {
+    metrics::counter!(METERING, "call" => call, "result" => result).increment(1);
+}
+
+/// Middleware: counts and times every request by route pattern and status.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    response
+}

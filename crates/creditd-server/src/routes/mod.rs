@@ -1,0 +1,113 @@
+//! The routes of `api.md`, one module per area. [`table`] is the single list
+//! of what the router serves; the OpenAPI test checks it against `openapi.json`.
+
+mod accounts;
+mod grants;
+mod keys;
+mod ledger;
+mod metering;
+mod models;
+mod ops;
+mod plans;
+mod subscriptions;
+mod usage;
+mod wallet;
+mod webhooks;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use axum::middleware;
+use axum::routing::{MethodRouter, delete, get, post, put};
+use creditd_store::AccountRow;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::validate;
+
+/// One route: method, path (axum syntax) and handler.
+pub struct RouteDef {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(method: &'static str, path: &'static str, handler: MethodRouter<AppState>) -> RouteDef {
+    RouteDef { method, path, handler }
+}
+
+/// Every route of the API.
+pub fn table() -> Vec<RouteDef> {
+    vec![
+        route("GET", "/healthz", get(ops::healthz)),
+        route("GET", "/metrics", get(ops::metrics)),
+        route("GET", "/openapi.json", get(ops::openapi)),
+        route("GET", "/v1/test/clock", get(ops::get_clock)),
+        route("POST", "/v1/test/clock", post(ops::set_clock)),
+        route("GET", "/v1/models", get(models::list)),
+        route("PUT", "/v1/models/{*model}", put(models::put)),
+        route("GET", "/v1/models/{*model}", get(models::get)),
+        route("GET", "/v1/plans", get(plans::list)),
+        route("PUT", "/v1/plans/{plan}", put(plans::put)),
+        route("GET", "/v1/plans/{plan}", get(plans::get)),
+        route("POST", "/v1/keys", post(keys::create)),
+        route("GET", "/v1/keys", get(keys::list)),
+        route("DELETE", "/v1/keys/{id}", delete(keys::delete)),
+        route("POST", "/v1/accounts", post(accounts::create)),
+        route("GET", "/v1/accounts", get(accounts::list)),
+        route("GET", "/v1/accounts/{id}", get(accounts::get)),
+        route("POST", "/v1/accounts/{id}/suspend", post(accounts::suspend)),
+        route("POST", "/v1/accounts/{id}/resume", post(accounts::resume)),
+        route("POST", "/v1/accounts/{id}/tokens", post(accounts::token)),
+        route("GET", "/v1/accounts/{id}/balance", get(accounts::balance)),
+        route("POST", "/v1/accounts/{id}/grants", post(grants::create)),
+        route("GET", "/v1/accounts/{id}/grants", get(grants::list)),
+        route("POST", "/v1/accounts/{id}/grants/{grant}/void", post(grants::void)),
+        route("POST", "/v1/accounts/{id}/wallet/topups", post(wallet::topup)),
+        route("POST", "/v1/accounts/{id}/wallet/adjustments", post(wallet::adjust)),
+        route("POST", "/v1/accounts/{id}/purchases", post(wallet::purchase)),
+        route("GET", "/v1/accounts/{id}/ledger", get(ledger::list)),
+        route("POST", "/v1/accounts/{id}/subscription", post(subscriptions::start)),
+        route("GET", "/v1/accounts/{id}/subscription", get(subscriptions::get)),
+        route("POST", "/v1/accounts/{id}/subscription/renew", post(subscriptions::renew)),
+        route("POST", "/v1/accounts/{id}/subscription/cancel", post(subscriptions::cancel)),
+        route("POST", "/v1/accounts/{id}/usage/{request_id}/refund", post(subscriptions::refund)),
+        route("GET", "/v1/accounts/{id}/usage", get(usage::list)),
+        route("GET", "/v1/accounts/{id}/usage/summary", get(usage::summary)),
+        route("GET", "/v1/accounts/{id}/usage/export", get(usage::export)),
+        route("GET", "/v1/usage/export", get(usage::export_all)),
+        route("POST", "/v1/estimate", post(metering::estimate)),
+        route("POST", "/v1/authorize", post(metering::authorize)),
+        route("POST", "/v1/settle", post(metering::settle)),
+        route("POST", "/v1/release", post(metering::release)),
+        route("POST", "/v1/usage", post(metering::usage)),
+        route("GET", "/v1/webhook-events", get(webhooks::list)),
+        route("POST", "/webhooks/creem", post(webhooks::creem)),
+        route("POST", "/webhooks/nowpayments", post(webhooks::nowpayments)),
+    ]
+}
+
+/// The whole API over `state`.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for r in table() {
+        router = router.route(r.path, r.handler);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(middleware::from_fn(crate::metrics::track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Unknown routes (and known paths with another method): `404 not_found`.
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// The account of a path, validated and loaded (`404` if there is none).
+async fn load_account(state: &AppState, id: &str) -> ApiResult<AccountRow> {
+    validate::account_id("account id", id)?;
+    state.store.account(id).await?.ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))
+}

@@ -1,0 +1,56 @@
+//! Operations: health, metrics, the OpenAPI description, the test clock.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::dto::{ClockIn, ClockOut, Health};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+use crate::respond::ok;
+use crate::state::AppState;
+use crate::validate;
+
+pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
+    state.store.ping().await?;
+    ok(&Health { status: "ok" })
+}
+
+pub async fn metrics() -> Response {
+    let mut response = crate::metrics::render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+pub async fn openapi() -> Response {
+    let mut response = crate::openapi::SPEC.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn test_clock(state: &AppState) -> ApiResult<&creditd_store::ManualClock> {
+    state
+        .test_clock
+        .as_deref()
+        .ok_or_else(|| ApiError::not_found("the test clock is off (start creditd with --test-clock)"))
+}
+
+pub async fn get_clock(State(state): State<AppState>) -> ApiResult<Response> {
+    let clock = test_clock(&state)?;
+    ok(&ClockOut { now: creditd_store::Clock::now(clock).to_string() })
+}
+
+/// `{"now": "…"}` or `{"advance_seconds": N}`; time never moves backwards.
+pub async fn set_clock(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
+    let clock = test_clock(&state)?;
+    let input = body.parse::<ClockIn>()?.value;
+    let backwards = || ApiError::invalid("the clock never moves backwards");
+    let now = match (input.now, input.advance_seconds) {
+        (Some(now), None) => clock.set(validate::timestamp("now", &now)?).map_err(|_| backwards())?,
+        (None, Some(seconds)) => clock.advance(seconds).map_err(|_| backwards())?,
+        _ => return Err(ApiError::invalid("give exactly one of now and advance_seconds")),
+    };
+    ok(&ClockOut { now: now.to_string() })
+}

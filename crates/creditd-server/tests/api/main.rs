@@ -1,0 +1,18 @@
+//! HTTP tests of the whole API on the real router (no socket), over SQLite.
+
+mod support;
+
+mod accounts;
+mod auth;
+mod bad_input;
+mod grants;
+mod idempotency;
+mod keys;
+mod ledger;
+mod metering;
+mod models;
+mod ops;
+mod subscriptions;
+mod usage;
+mod walkthrough;
+mod webhooks;

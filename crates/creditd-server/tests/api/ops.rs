@@ -1,0 +1,165 @@
+//! Operations: health, metrics, OpenAPI, test clock, unknown routes, body size.
+
+use std::collections::BTreeSet;
+
+use creditd_server::App;
+use serde_json::{Value, json};
+
+use crate::support::{Api, SONNET, config};
+
+#[tokio::test]
+async fn healthz_needs_no_key() {
+    let api = Api::new().await;
+    let r = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(r.expect(200), &json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn metrics_count_routes_without_account_ids() {
+    let api = Api::new().await;
+    api.sonnet().await;
+    api.account("acct_secret_7").await;
+    api.grant("acct_secret_7", "10").await;
+    api.get("/v1/accounts/acct_secret_7/balance").await.expect(200);
+    api.authorize("acct_secret_7", "r1", 1, 1).await.expect(201);
+    api.authorize("acct_secret_7", "r2", 1_000_000, 1_000_000).await.expect_error(402, "insufficient_credits");
+    let r = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(r.raw.to_vec()).unwrap();
+    assert!(text.contains("creditd_http_requests_total{"), "{text}");
+    assert!(text.contains(r#"route="/v1/accounts/{id}/balance""#), "{text}");
+    assert!(text.contains(r#"status="200""#), "{text}");
+    assert!(text.contains("creditd_http_request_duration_seconds_bucket{"), "latency is a histogram: {text}");
+    assert!(text.contains(r#"creditd_metering_total{call="authorize",result="ok"}"#), "{text}");
+    assert!(text.contains(r#"creditd_metering_total{call="authorize",result="insufficient_credits"}"#), "{text}");
+    assert!(!text.contains("acct_secret_7"), "no account id in metrics");
+}
+
+#[tokio::test]
+async fn unknown_routes_are_json_404s() {
+    let api = Api::new().await;
+    api.call("GET", "/nope", None, None).await.expect_error(404, "not_found");
+    api.get("/v1/accounts/u_1/nothing").await.expect_error(404, "not_found");
+    // A known path with another method.
+    api.call("GET", "/v1/authorize", Some(&api.admin), None).await.expect_error(404, "not_found");
+    api.call("DELETE", "/v1/accounts", Some(&api.admin), None).await.expect_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn bodies_over_64_kib_are_refused() {
+    let api = Api::new().await;
+    let admin = api.admin.clone();
+    let big = serde_json::to_vec(&json!({"id": "u_1", "metadata": {"x": "y".repeat(70 * 1024)}})).unwrap();
+    // Read until the limit (no Content-Length: the harness sends none)…
+    let r = api.raw("POST", "/v1/accounts", Some(&admin), big.clone(), &[]).await;
+    r.expect_error(413, "payload_too_large");
+    // …or refused on its declared length.
+    let length = big.len().to_string();
+    let r = api.raw("POST", "/v1/accounts", Some(&admin), big, &[("content-length", &length)]).await;
+    r.expect_error(413, "payload_too_large");
+    // Metering calls too.
+    let big = serde_json::to_vec(
+        &json!({"account_id": "u_1", "request_id": "r", "model": "m", "pad": "y".repeat(65 * 1024)}),
+    )
+    .unwrap();
+    api.raw("POST", "/v1/authorize", Some(&admin), big, &[]).await.expect_error(413, "payload_too_large");
+    // Just under the limit is parsed (and refused for its metadata size, not its body size).
+    let near = json!({"id": "u_1", "metadata": {"x": "y".repeat(60 * 1024)}});
+    api.post("/v1/accounts", near).await.expect_error(400, "invalid_request");
+    assert_eq!(api.get("/v1/accounts").await.body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn the_test_clock_moves_forward_only() {
+    let api = Api::new().await;
+    let now = api.call("GET", "/v1/test/clock", None, None).await;
+    assert_eq!(now.expect(200), &json!({"now": "2026-03-01T00:00:00Z"}));
+    let advanced = api.call("POST", "/v1/test/clock", None, Some(json!({"advance_seconds": 90}))).await;
+    assert_eq!(advanced.expect(200), &json!({"now": "2026-03-01T00:01:30Z"}));
+    let set = api.call("POST", "/v1/test/clock", None, Some(json!({"now": "2026-04-01T12:00:00Z"}))).await;
+    assert_eq!(set.expect(200), &json!({"now": "2026-04-01T12:00:00Z"}));
+    for bad in [
+        json!({"now": "2026-03-01T00:00:00Z"}),
+        json!({"advance_seconds": -1}),
+        json!({}),
+        json!({"now": "2026-05-01T00:00:00Z", "advance_seconds": 1}),
+        json!({"now": "tomorrow"}),
+        json!({"advance_seconds": "10"}),
+    ] {
+        api.call("POST", "/v1/test/clock", None, Some(bad)).await.expect_error(400, "invalid_request");
+    }
+    assert_eq!(api.call("GET", "/v1/test/clock", None, None).await.body["now"], "2026-04-01T12:00:00Z");
+}
+
+#[tokio::test]
+async fn the_test_clock_drives_expiry() {
+    let api = Api::new().await;
+    api.account("u_1").await;
+    api.post("/v1/accounts/u_1/grants", json!({"amount": "5", "expires_after": "PT1H"})).await.expect(201);
+    assert_eq!(api.available("u_1").await, "5");
+    api.call("POST", "/v1/test/clock", None, Some(json!({"advance_seconds": 3600}))).await.expect(200);
+    assert_eq!(api.available("u_1").await, "0");
+    assert_eq!(api.balance("u_1").await["grants"], json!([]));
+}
+
+#[tokio::test]
+async fn the_test_clock_is_off_by_default() {
+    let api = Api::build(false, config()).await;
+    api.call("GET", "/v1/test/clock", None, None).await.expect_error(404, "not_found");
+    api.call("POST", "/v1/test/clock", None, Some(json!({"advance_seconds": 1}))).await.expect_error(404, "not_found");
+}
+
+fn openapi_operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let api = Api::new().await;
+    let r = api.call("GET", "/openapi.json", None, None).await;
+    let doc = r.expect(200).clone();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let documented = openapi_operations(&doc);
+    let served: BTreeSet<(String, String)> =
+        App::routes().into_iter().map(|(m, p)| (m.to_string(), p.replace("{*", "{"))).collect();
+    let missing: Vec<_> = served.difference(&documented).collect();
+    assert!(missing.is_empty(), "routes missing from openapi.json: {missing:?}");
+    let extra: Vec<_> = documented.difference(&served).collect();
+    assert!(extra.is_empty(), "openapi.json documents routes that are not served: {extra:?}");
+    // Every operation has responses, and every body-taking operation a request body.
+    for (method, path) in &documented {
+        let op = &doc["paths"][path][method.to_lowercase()];
+        assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
+        // api.md gives these POSTs no body.
+        let bodiless = ["/suspend", "/resume", "/subscription/renew", "/subscription/cancel"];
+        if method == "PUT" || (method == "POST" && !bodiless.iter().any(|b| path.ends_with(b))) {
+            assert!(op["requestBody"].is_object(), "{method} {path} has no requestBody");
+        }
+        let params: Vec<&str> = path.split('/').filter(|s| s.starts_with('{')).collect();
+        if !params.is_empty() {
+            assert!(op["parameters"].is_array(), "{method} {path} has no parameters");
+        }
+    }
+    // Every $ref resolves.
+    let text = serde_json::to_string(&doc).unwrap();
+    for part in text.split("\"$ref\":\"#/components/").skip(1) {
+        let reference = &part[..part.find('"').unwrap()];
+        let (kind, name) = reference.split_once('/').unwrap();
+        assert!(doc["components"][kind][name].is_object(), "unresolved $ref {reference}");
+    }
+    // Every served route answers something other than the fallback's 404.
+    for (method, path) in App::routes() {
+        let concrete = path.replace("{*model}", SONNET).replace("{id}", "u_1").replace("{grant}", "g1");
+        let r = api.call(method, &concrete, None, None).await;
+        let unknown =
+            r.status.as_u16() == 404 && r.body["error"]["message"].as_str().unwrap_or("").starts_with("no route");
+        assert!(!unknown, "{method} {path} is not routed");
+    }
+}

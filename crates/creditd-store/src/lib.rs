@@ -1,0 +1,543 @@
+//! creditd-store: where decisions of `creditd-core` become durable.
+//!
+//! Writes go through [`Store::execute`]: a backend queues the [`Command`],
+//! applies it with the core against the account's cached hot state inside a
+//! batched transaction, and answers once the batch is committed
+//! (acknowledged means durable). Reads use separate connections and never
+//! wait for the writer.
+
+pub mod batch;
+pub mod clock;
+pub mod payments;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use creditd_core::Hold;
+use creditd_core::account::{AccountState, AccountStatus, Grant, UsageRecord, Wallet};
+use creditd_core::campaign::Billing;
+use creditd_core::engine::{Authorized, Context, NewGrant, Outcome, Recorded, Refusal, SubscriptionChange};
+use creditd_core::invariants::Breach;
+use creditd_core::ledger::{EntryKind, LedgerEntry};
+use creditd_core::plan::{Plan, PlanBook};
+use creditd_core::pricing::{EstimateInput, ModelPrice, PricingPolicy, RequestStatus};
+use creditd_core::subscription::{Subscription, SubscriptionKind};
+use creditd_core::units::{Credits, Usd};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+pub use batch::{PortionRef, UsageBatch, UsageFields, UsageRow};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use payments::{
+    Payment, PaymentKind, WebhookAction, WebhookEvent, WebhookEventFilter, WebhookEventIn, WebhookStatus,
+};
+
+/// Engine settings the writer applies to every command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub policy: PricingPolicy,
+    /// Hold lifetime when an authorize gives none.
+    pub hold_ttl_seconds: u32,
+    /// Time zone, renewal grace, switch policy and campaigns. The default
+    /// has no campaigns; `creditd`'s configuration ships some.
+    pub billing: Billing,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { policy: PricingPolicy::default(), hold_ttl_seconds: 900, billing: Billing::default() }
+    }
+}
+
+impl EngineConfig {
+    /// What the engine applies, with `plans` (the store's plan book).
+    pub fn context<'a>(&'a self, plans: &'a PlanBook) -> Context<'a> {
+        Context { policy: &self.policy, billing: &self.billing, plans }
+    }
+}
+
+/// Limits of the writer (TigerBeetle style: a bound on everything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterLimits {
+    /// Commands waiting for the writer before callers wait to enqueue.
+    pub queue_depth: usize,
+    /// Commands applied in one transaction at most.
+    pub batch_max: usize,
+    /// Accounts whose hot state is kept in memory at most.
+    pub cached_accounts: usize,
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        WriterLimits { queue_depth: 8192, batch_max: 512, cached_accounts: 100_000 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    pub id: String,
+    pub email: Option<String>,
+    /// JSON text, validated by the caller.
+    pub metadata: Option<String>,
+    pub status: AccountStatus,
+    pub created_at: Timestamp,
+}
+
+/// One model at its current (or a given) price version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelVersion {
+    pub id: String,
+    pub price_version: i64,
+    pub price: ModelPrice,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Admin,
+    Gateway,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Gateway => "gateway",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "gateway" => Some(Role::Gateway),
+            _ => None,
+        }
+    }
+}
+
+/// An API key. Only a hash of its secret is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub role: Role,
+    pub name: String,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+}
+
+/// A token that reads one account. Only a hash of its secret is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountToken {
+    pub id: String,
+    pub account_id: String,
+    pub secret_hash: String,
+    pub expires_at: Timestamp,
+    pub created_at: Timestamp,
+}
+
+/// The request half of an authorize; the writer adds the model's price.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizeRequest {
+    pub request_id: String,
+    pub fingerprint: String,
+    pub model: String,
+    pub request_type: String,
+    pub estimate: EstimateInput,
+    /// `None`: `EngineConfig::hold_ttl_seconds`.
+    pub hold_ttl_seconds: Option<u32>,
+    pub project: Option<String>,
+    pub conversation: Option<String>,
+}
+
+/// A write. Each is applied atomically, in the order the writer receives them.
+#[derive(Clone, Debug)]
+pub enum Command {
+    CreateAccount {
+        id: String,
+        email: Option<String>,
+        metadata: Option<String>,
+    },
+    SetAccountStatus {
+        account_id: String,
+        status: AccountStatus,
+    },
+    /// Creates the model or gives it a new price version.
+    PutModel {
+        id: String,
+        price: ModelPrice,
+    },
+    CreateKey {
+        key: ApiKey,
+    },
+    DeleteKey {
+        id: String,
+    },
+    CreateAccountToken {
+        token: AccountToken,
+    },
+    Grant {
+        account_id: String,
+        grant: NewGrant,
+    },
+    VoidGrant {
+        account_id: String,
+        grant_id: String,
+        reason: Option<String>,
+    },
+    /// Dollars into the wallet at `credits_per_usd`.
+    Topup {
+        account_id: String,
+        amount_usd: Usd,
+        provider: String,
+        external_id: Option<String>,
+    },
+    AdjustWallet {
+        account_id: String,
+        amount: Credits,
+        reason: Option<String>,
+    },
+    /// A credit pack: a `purchased` grant.
+    Purchase {
+        account_id: String,
+        credits: Credits,
+        amount_usd: Usd,
+        provider: String,
+        external_id: Option<String>,
+    },
+    Authorize {
+        account_id: String,
+        request: AuthorizeRequest,
+    },
+    Settle {
+        account_id: String,
+        outcome: Outcome,
+    },
+    Release {
+        account_id: String,
+        request_id: String,
+    },
+    RecordUsage {
+        account_id: String,
+        outcome: Outcome,
+        model: String,
+        request_type: String,
+        enforce: bool,
+    },
+    /// Writes out what is due for the account (expired holds and grants,
+    /// subscription periods, gifts).
+    Sweep {
+        account_id: String,
+    },
+    /// Creates or replaces a plan. Subscriptions keep their plan id and get
+    /// the plan as it is at each period start and check.
+    PutPlan {
+        plan: Plan,
+    },
+    /// Starts a subscription, or switches the active one (`semantics.md` §7).
+    StartSubscription {
+        account_id: String,
+        plan: String,
+        kind: SubscriptionKind,
+        external_id: Option<String>,
+    },
+    RenewSubscription {
+        account_id: String,
+    },
+    CancelSubscription {
+        account_id: String,
+    },
+    /// Refunds a usage record (disputed usage, `semantics.md` §9).
+    RefundUsage {
+        account_id: String,
+        request_id: String,
+        reason: Option<String>,
+    },
+    /// A payment provider's verified event: recorded with its outcome and
+    /// applied in one savepoint, at most once per event and per payment.
+    WebhookEvent {
+        event: WebhookEventIn,
+    },
+}
+
+/// A write's answer.
+// Each reply is moved once, from the writer to its caller: boxing the large
+// variants would cost an allocation per write and buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Account(AccountRow),
+    Model(ModelVersion),
+    Key(ApiKey),
+    Token(AccountToken),
+    Deleted,
+    Grant(Grant),
+    Wallet {
+        wallet: Wallet,
+        entry: LedgerEntry,
+    },
+    Authorized(Authorized),
+    Recorded(Recorded),
+    Released(Hold),
+    Swept,
+    Plan(Plan),
+    /// A started, switched, renewed or cancelled subscription (renew and
+    /// cancel have no `previous` or `proration`).
+    Subscription(SubscriptionChange),
+    /// A webhook event as recorded (its status says what was done).
+    WebhookEvent(WebhookEvent),
+    /// An `Idempotency-Key` seen before with the same body: the first answer.
+    Replayed(StoredResponse),
+}
+
+/// The first answer to a call made with an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Turns a reply into the response stored for replays, inside the writer's
+/// transaction so that the effect and its key are committed together.
+pub type Render = Box<dyn FnOnce(&Reply) -> StoredResponse + Send>;
+
+/// An `Idempotency-Key` and what to store under it.
+pub struct Idempotent {
+    /// Where the key is valid, e.g. the method and path.
+    pub scope: String,
+    pub key: String,
+    /// Digest of the request body: a different body is `idempotency_conflict`.
+    pub fingerprint: String,
+    pub render: Render,
+}
+
+impl std::fmt::Debug for Idempotent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotent").field("scope", &self.scope).field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The engine refused the command; nothing changed.
+    Refused(Refusal),
+    /// The store failed; the command may or may not have been applied
+    /// only if the failure was at commit, and then the caller is told so.
+    Internal(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Refused(r) => r.fmt(f),
+            StoreError::Internal(why) => write!(f, "store failure: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> Self {
+        StoreError::Refused(r)
+    }
+}
+
+/// A page request: at most `limit` rows after `cursor`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    /// Opaque, from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paged<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerFilter {
+    /// Inclusive.
+    pub from: Option<Timestamp>,
+    /// Exclusive.
+    pub to: Option<Timestamp>,
+    pub kind: Option<EntryKind>,
+}
+
+/// Which usage records a list, summary or export covers. Every field is
+/// optional; the time window is on `recorded_at`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageFilter {
+    /// Inclusive.
+    pub from: Option<Timestamp>,
+    /// Exclusive.
+    pub to: Option<Timestamp>,
+    pub model: Option<String>,
+    pub request_type: Option<String>,
+    pub project: Option<String>,
+    pub conversation: Option<String>,
+    pub status: Option<RequestStatus>,
+}
+
+/// How a usage summary groups its records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    /// Calendar days in this zone (`billing.timezone`), keys `YYYY-MM-DD`.
+    Day(TimeZone),
+    Model,
+    Project,
+    Conversation,
+    RequestType,
+    Status,
+}
+
+/// Sums over a set of usage records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    pub credits: Credits,
+    pub cost_usd: Usd,
+}
+
+impl UsageTotals {
+    /// `self + other`; `None` if a sum leaves its type's range.
+    pub fn checked_add(self, other: UsageTotals) -> Option<UsageTotals> {
+        Some(UsageTotals {
+            requests: self.requests.checked_add(other.requests)?,
+            input_tokens: self.input_tokens.checked_add(other.input_tokens)?,
+            cache_read_tokens: self.cache_read_tokens.checked_add(other.cache_read_tokens)?,
+            cache_write_tokens: self.cache_write_tokens.checked_add(other.cache_write_tokens)?,
+            output_tokens: self.output_tokens.checked_add(other.output_tokens)?,
+            credits: self.credits.checked_add(other.credits)?,
+            cost_usd: self.cost_usd.checked_add(other.cost_usd)?,
+        })
+    }
+
+    /// The totals of one record.
+    pub fn of(record: &UsageRecord) -> UsageTotals {
+        UsageTotals {
+            requests: 1,
+            input_tokens: record.usage.input_tokens,
+            cache_read_tokens: record.usage.cache_read_tokens,
+            cache_write_tokens: record.usage.cache_write_tokens,
+            output_tokens: record.usage.output_tokens,
+            credits: record.credits,
+            cost_usd: record.cost_usd,
+        }
+    }
+}
+
+/// One group of a usage summary. `key` is `None` for the records without a
+/// project (or conversation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub key: Option<String>,
+    pub totals: UsageTotals,
+}
+
+/// A usage summary: groups in key order (days ascending; the group without
+/// a key last), and the totals of every record the filter covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageSummary {
+    pub rows: Vec<SummaryRow>,
+    pub total: UsageTotals,
+    /// More than [`SUMMARY_ROWS_MAX`] groups: `rows` holds the first ones
+    /// (`total` still covers every record).
+    pub truncated: bool,
+}
+
+/// Groups a summary answers with at most.
+pub const SUMMARY_ROWS_MAX: usize = 10_000;
+
+/// Where an export sends its rows: batches of at most [`EXPORT_BATCH_ROWS`]
+/// records in `(recorded_at, seq)` order, then nothing (the sender is
+/// dropped) when done, or one `Err` if the read failed part way.
+pub type ExportSink = tokio::sync::mpsc::Sender<Result<UsageBatch, StoreError>>;
+
+/// Records per export batch.
+pub const EXPORT_BATCH_ROWS: usize = 1000;
+
+/// What `creditd audit` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    pub accounts: u64,
+    pub entries: u64,
+    pub usage_records: u64,
+    pub breaches: Vec<Breach>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies one write through the batching writer. With `idempotent`, a
+    /// key seen before answers `Reply::Replayed` (same body) or
+    /// `idempotency_conflict` (different body), and a new key is stored with
+    /// the rendered answer in the same transaction as the effect.
+    async fn execute(&self, command: Command, idempotent: Option<Idempotent>) -> Result<Reply, StoreError>;
+
+    /// Answers once the store can serve reads.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn account(&self, id: &str) -> Result<Option<AccountRow>, StoreError>;
+    async fn accounts(&self, page: Page) -> Result<Paged<AccountRow>, StoreError>;
+    /// The hot state as stored (bring it to now with `creditd_core::engine::view`).
+    async fn account_state(&self, id: &str) -> Result<Option<AccountState>, StoreError>;
+    /// Grants newest first; without `include_spent`, only those with credits left.
+    async fn grants(&self, account_id: &str, include_spent: bool, page: Page) -> Result<Paged<Grant>, StoreError>;
+    /// Entries newest first.
+    async fn ledger(
+        &self,
+        account_id: &str,
+        filter: LedgerFilter,
+        page: Page,
+    ) -> Result<Paged<LedgerEntry>, StoreError>;
+    async fn usage_record(&self, account_id: &str, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
+
+    /// Usage records newest first (`recorded_at`, then insertion order). The
+    /// cursor is a position in that order, so records written between two
+    /// pages neither repeat nor hide a record of a later page.
+    async fn usage(&self, account_id: &str, filter: UsageFilter, page: Page) -> Result<Paged<UsageRecord>, StoreError>;
+    /// The account's usage grouped by `group_by`, with totals.
+    async fn usage_summary(
+        &self,
+        account_id: &str,
+        filter: UsageFilter,
+        group_by: GroupBy,
+    ) -> Result<UsageSummary, StoreError>;
+    /// How many records an export of the same arguments would send (about:
+    /// records may arrive in between).
+    async fn usage_count(&self, account_id: Option<&str>, filter: UsageFilter) -> Result<u64, StoreError>;
+    /// Streams the records of one account (or every account) in
+    /// `recorded_at` order into `sink`, a bounded channel, in batches: memory
+    /// stays flat whatever the number of rows. The records are those
+    /// committed when the export starts. Returns how many were sent; a
+    /// dropped receiver stops the export early (not an error). A failure is
+    /// sent into the sink as well as returned. Exported rows carry no
+    /// fingerprint (it is empty): no export shows it.
+    async fn export(&self, account_id: Option<&str>, filter: UsageFilter, sink: ExportSink) -> Result<u64, StoreError>;
+
+    /// Every plan, `free` included (the built-in one when none is stored).
+    async fn plans(&self) -> Result<PlanBook, StoreError>;
+    /// The account's latest subscription as stored (bring it to now with
+    /// `creditd_core::engine::view_with_changes`).
+    async fn subscription(&self, account_id: &str) -> Result<Option<Subscription>, StoreError>;
+
+    /// The model at its current price version.
+    async fn model(&self, id: &str) -> Result<Option<ModelVersion>, StoreError>;
+    async fn models(&self) -> Result<Vec<ModelVersion>, StoreError>;
+
+    async fn key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    async fn account_token(&self, id: &str) -> Result<Option<AccountToken>, StoreError>;
+
+    /// Webhook events newest first.
+    async fn webhook_events(&self, filter: WebhookEventFilter, page: Page) -> Result<Paged<WebhookEvent>, StoreError>;
+    /// A recorded payment.
+    async fn payment(&self, provider: &str, external_id: &str) -> Result<Option<Payment>, StoreError>;
+
+    /// Checks every invariant of `semantics.md` §10 over the whole database.
+    async fn audit(&self) -> Result<AuditReport, StoreError>;
+}

@@ -1,0 +1,631 @@
+//! Usage history: the paged list, summaries, and the streaming export.
+//!
+//! Every query here is a range of an index: `usage_by_time (account_id,
+//! recorded_at, seq)` for one account, `usage_by_recorded_at (recorded_at,
+//! seq)` for the admin-wide export. The other filters only drop rows of that
+//! range. Filters that are absent stay in the statement as `?N IS NULL`, so
+//! parameters keep their numbers and SQLite evaluates those terms once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use creditd_core::account::{GrantKind, UsageRecord};
+use creditd_core::calendar;
+use creditd_core::pricing::{RequestStatus, Usage};
+use creditd_core::units::{Credits, Usd};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use rusqlite::types::Value;
+use rusqlite::{Connection, params_from_iter};
+
+use super::codec::{self, Corrupt};
+use super::reader::{ReadPool, bad_cursor, limit, paged};
+use super::rows::{self, USAGE_COLUMNS};
+use crate::{
+    EXPORT_BATCH_ROWS, ExportSink, GroupBy, Page, Paged, PortionRef, SUMMARY_ROWS_MAX, StoreError, SummaryRow,
+    UsageBatch, UsageFields, UsageFilter, UsageSummary, UsageTotals,
+};
+
+/// The parameters `?1`…`?8` of every usage query: the account, then the filter.
+const FILTER_PARAMS: usize = 8;
+
+/// `WHERE` terms for the account (`?1`) and the filter (`?2`…`?8`).
+fn filter_sql(account: bool, filter: &UsageFilter) -> String {
+    let terms = [
+        (account, "account_id = ?1", "?1 IS NULL"),
+        (filter.from.is_some(), "recorded_at >= ?2", "?2 IS NULL"),
+        (filter.to.is_some(), "recorded_at < ?3", "?3 IS NULL"),
+        (filter.model.is_some(), "model = ?4", "?4 IS NULL"),
+        (filter.request_type.is_some(), "request_type = ?5", "?5 IS NULL"),
+        (filter.project.is_some(), "project = ?6", "?6 IS NULL"),
+        (filter.conversation.is_some(), "conversation = ?7", "?7 IS NULL"),
+        (filter.status.is_some(), "status = ?8", "?8 IS NULL"),
+    ];
+    let mut sql = String::new();
+    for (i, (given, term, absent)) in terms.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" AND ");
+        }
+        sql.push_str(if given { term } else { absent });
+    }
+    sql
+}
+
+fn text(value: &Option<String>) -> Value {
+    value.clone().map_or(Value::Null, Value::Text)
+}
+
+fn micros(value: Option<Timestamp>) -> Value {
+    value.map_or(Value::Null, |t| Value::Integer(codec::micros(t)))
+}
+
+/// The values of `?1`…`?8`, then `extra`.
+fn filter_params(account_id: Option<&str>, filter: &UsageFilter, extra: &[Value]) -> Vec<Value> {
+    let mut values = Vec::with_capacity(FILTER_PARAMS + extra.len());
+    values.push(account_id.map_or(Value::Null, |a| Value::Text(a.to_string())));
+    values.push(micros(filter.from));
+    values.push(micros(filter.to));
+    values.push(text(&filter.model));
+    values.push(text(&filter.request_type));
+    values.push(text(&filter.project));
+    values.push(text(&filter.conversation));
+    values.push(filter.status.map_or(Value::Null, |s| Value::Text(s.as_str().to_string())));
+    values.extend_from_slice(extra);
+    values
+}
+
+/// A record's place in `(recorded_at, seq)` order: the cursor of the list
+/// (`"<recorded_at µs>:<seq>"`) and the export's resume point.
+type Position = (i64, i64);
+
+fn parse_cursor(cursor: &str) -> Result<Position, StoreError> {
+    let (at, seq) = cursor.split_once(':').ok_or_else(bad_cursor)?;
+    Ok((at.parse().map_err(|_| bad_cursor())?, seq.parse().map_err(|_| bad_cursor())?))
+}
+
+/// A usage row (`USAGE_COLUMNS, seq`) and its position: `recorded_at` is
+/// the record's last column, `seq` follows it.
+fn positioned(row: &rusqlite::Row<'_>) -> rusqlite::Result<(UsageRecord, Position)> {
+    let record = rows::usage(row)?;
+    Ok((record, (row.get(35)?, row.get(36)?)))
+}
+
+/// One account's records newest first by `(recorded_at, seq)`. Keyset paging
+/// on that unique order: a record written between two pages sorts before
+/// the first page (its time is the writer's now) or, if the clock stepped
+/// back, is simply met later; no existing record moves, so none repeats or
+/// goes missing.
+pub fn list(
+    conn: &Connection,
+    account_id: &str,
+    filter: &UsageFilter,
+    page: &Page,
+) -> Result<Paged<UsageRecord>, StoreError> {
+    let n = limit(page);
+    let before = page.cursor.as_deref().map(parse_cursor).transpose()?;
+    let mut filter = filter.clone();
+    // A cursor before `to` implies it: one upper bound keeps the page an
+    // index range from the cursor, whatever SQLite would pick of two.
+    if let (Some((at, _)), Some(to)) = (before, filter.to)
+        && at < codec::micros(to)
+    {
+        filter.to = None;
+    }
+    let filter = &filter;
+    let mut sql = format!("SELECT {USAGE_COLUMNS}, seq FROM usage_records WHERE {}", filter_sql(true, filter));
+    sql.push_str(if before.is_some() {
+        " AND (recorded_at, seq) < (?9, ?10)"
+    } else {
+        " AND ?9 IS NULL AND ?10 IS NULL"
+    });
+    sql.push_str(" ORDER BY recorded_at DESC, seq DESC LIMIT ?11");
+    let (at, seq) = before.map_or((Value::Null, Value::Null), |(a, s)| (Value::Integer(a), Value::Integer(s)));
+    let values = filter_params(Some(account_id), filter, &[at, seq, Value::Integer(i64::from(n) + 1)]);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let data = stmt.query_map(params_from_iter(values), positioned)?.collect::<Result<Vec<_>, _>>()?;
+    let page = paged(data, n, |(_, (at, seq))| format!("{at}:{seq}"));
+    Ok(Paged { data: page.data.into_iter().map(|(r, _)| r).collect(), next_cursor: page.next_cursor })
+}
+
+/// How many records match (for a progress bar).
+pub fn count(conn: &Connection, account_id: Option<&str>, filter: &UsageFilter) -> Result<u64, StoreError> {
+    let sql = format!("SELECT COUNT(*) FROM usage_records WHERE {}", filter_sql(account_id.is_some(), filter));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let n: i64 = stmt.query_row(params_from_iter(filter_params(account_id, filter, &[])), |row| row.get(0))?;
+    Ok(codec::to_u64(n)?)
+}
+
+/// The newest record's `seq`: an export sends nothing written after it starts.
+fn max_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM usage_records", [], |row| row.get(0))?)
+}
+
+fn bad(c: Corrupt) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(c))
+}
+
+fn count_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    codec::to_u64(row.get(i)?).map_err(bad)
+}
+
+fn opt_count_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
+    row.get::<_, Option<i64>>(i)?.map(codec::to_u64).transpose().map_err(bad)
+}
+
+fn opt_time_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Timestamp>> {
+    row.get::<_, Option<i64>>(i)?.map(codec::timestamp).transpose().map_err(bad)
+}
+
+fn str_at<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    Ok(row.get_ref(i)?.as_str()?)
+}
+
+fn opt_str_at<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'r str>> {
+    Ok(row.get_ref(i)?.as_str_or_null()?)
+}
+
+/// The tool names of `codec::encode_tools` text, borrowed.
+fn tools(text: &str) -> impl Iterator<Item = Result<&str, Corrupt>> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let bad = || Corrupt(format!("tools {text:?}"));
+        let next = rest.split_once(':').and_then(|(len, after)| {
+            let len: usize = len.parse().ok()?;
+            Some((after.get(..len)?, after.get(len..)?))
+        });
+        match next {
+            Some((name, after)) => {
+                rest = after;
+                Some(Ok(name))
+            }
+            None => {
+                rest = "";
+                Some(Err(bad()))
+            }
+        }
+    })
+}
+
+/// The portions of `codec::encode_portions` text, borrowed.
+fn portions(text: &str) -> impl Iterator<Item = Result<PortionRef<'_>, Corrupt>> {
+    text.split(';').filter(move |_| !text.is_empty()).map(|part| {
+        let bad = || Corrupt(format!("portion {part:?}"));
+        if let Some(units) = part.strip_prefix("w:") {
+            let amount = units.parse::<i64>().map_err(|_| bad())?;
+            return Ok(PortionRef { grant: None, amount: Credits::from_units(amount) });
+        }
+        let rest = part.strip_prefix("g:").ok_or_else(bad)?;
+        let mut fields = rest.rsplitn(3, ':');
+        let units = fields.next().ok_or_else(bad)?;
+        let kind = fields.next().and_then(GrantKind::parse).ok_or_else(bad)?;
+        let grant_id = fields.next().filter(|id| !id.is_empty()).ok_or_else(bad)?;
+        let amount = units.parse::<i64>().map_err(|_| bad())?;
+        Ok(PortionRef { grant: Some((grant_id, kind)), amount: Credits::from_units(amount) })
+    })
+}
+
+/// `USAGE_COLUMNS, seq` without the fingerprint, an idempotency detail that
+/// no export shows (a record exported has an empty one): a column fewer to
+/// read a row.
+const EXPORT_COLUMNS: &str = "account_id, request_id, '', hold_id, request_type, model, price_version, \
+     status, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, images, tool_calls, reasoning_tokens, \
+     system_tokens, context_tokens, project, conversation, region, started_at, finished_at, latency_ms, retries, \
+     iterations, external_calls, context_bytes, tools, metadata, cost_usd, credits, charged_from, debt_incurred, \
+     hold_expired, refunded, recorded_at, seq";
+
+/// Appends a row (`EXPORT_COLUMNS`) to `batch`, checked as
+/// `rows::usage` checks it but without an owned record; returns its position.
+fn push_row(batch: &mut UsageBatch, row: &rusqlite::Row<'_>) -> rusqlite::Result<Position> {
+    let status_text = str_at(row, 7)?;
+    let status = RequestStatus::parse(status_text).ok_or_else(|| bad(Corrupt(format!("status {status_text:?}"))))?;
+    let recorded_at: i64 = row.get(35)?;
+    let fields = UsageFields {
+        account_id: str_at(row, 0)?,
+        request_id: str_at(row, 1)?,
+        // Not read (`EXPORT_COLUMNS`): no export shows it.
+        fingerprint: "",
+        hold_id: opt_str_at(row, 3)?,
+        request_type: str_at(row, 4)?,
+        model: str_at(row, 5)?,
+        price_version: row.get(6)?,
+        status,
+        usage: Usage {
+            input_tokens: count_at(row, 8)?,
+            cache_read_tokens: count_at(row, 9)?,
+            cache_write_tokens: count_at(row, 10)?,
+            output_tokens: count_at(row, 11)?,
+            images: count_at(row, 12)?,
+            tool_calls: count_at(row, 13)?,
+            reasoning_tokens: count_at(row, 14)?,
+            system_tokens: count_at(row, 15)?,
+            context_tokens: count_at(row, 16)?,
+        },
+        project: opt_str_at(row, 17)?,
+        conversation: opt_str_at(row, 18)?,
+        region: opt_str_at(row, 19)?,
+        started_at: opt_time_at(row, 20)?,
+        finished_at: opt_time_at(row, 21)?,
+        latency_ms: opt_count_at(row, 22)?,
+        retries: opt_count_at(row, 23)?,
+        iterations: opt_count_at(row, 24)?,
+        external_calls: opt_count_at(row, 25)?,
+        context_bytes: opt_count_at(row, 26)?,
+        metadata: opt_str_at(row, 28)?,
+        cost_usd: Usd::from_units(row.get(29)?),
+        credits: Credits::from_units(row.get(30)?),
+        debt_incurred: Credits::from_units(row.get(32)?),
+        hold_expired: row.get(33)?,
+        refunded: row.get(34)?,
+        recorded_at: codec::timestamp(recorded_at).map_err(bad)?,
+    };
+    batch.try_push(&fields, tools(str_at(row, 27)?), portions(str_at(row, 31)?)).map_err(bad)?;
+    Ok((recorded_at, row.get(36)?))
+}
+
+/// About how much text a row holds, to size a batch's buffer once.
+const ROW_TEXT_BYTES: usize = 384;
+
+/// One chunk of an export: the rows after `after` in `(recorded_at, seq)`
+/// order, none newer than `max_seq` (taken when the export starts).
+struct Chunk {
+    account_id: Option<Arc<str>>,
+    filter: Arc<UsageFilter>,
+    max_seq: i64,
+    after: Option<Position>,
+}
+
+impl Chunk {
+    /// `SELECT columns` of the chunk's rows, at most `limit` after skipping
+    /// `offset`, up to and including `until`. (`+seq` keeps SQLite from
+    /// trading the ordered index for a rowid range plus a sort.)
+    fn query(
+        &self,
+        conn: &Connection,
+        columns: &str,
+        until: Option<Position>,
+        offset: usize,
+        limit: usize,
+        mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut filter = (*self.filter).clone();
+        // Past `from`, the position is the only lower bound (see `list`).
+        if let (Some((at, _)), Some(from)) = (self.after, filter.from)
+            && at >= codec::micros(from)
+        {
+            filter.from = None;
+        }
+        let mut sql = format!(
+            "SELECT {columns} FROM usage_records WHERE {} AND +seq <= ?9",
+            filter_sql(self.account_id.is_some(), &filter)
+        );
+        sql.push_str(if self.after.is_some() {
+            " AND (recorded_at, seq) > (?10, ?11)"
+        } else {
+            " AND ?10 IS NULL AND ?11 IS NULL"
+        });
+        sql.push_str(if until.is_some() {
+            " AND (recorded_at, seq) <= (?12, ?13)"
+        } else {
+            " AND ?12 IS NULL AND ?13 IS NULL"
+        });
+        sql.push_str(" ORDER BY recorded_at, seq LIMIT ?14 OFFSET ?15");
+        let number = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        let [after_at, after_seq] = position_values(self.after);
+        let [until_at, until_seq] = position_values(until);
+        let values = filter_params(
+            self.account_id.as_deref(),
+            &filter,
+            &[Value::Integer(self.max_seq), after_at, after_seq, until_at, until_seq, number(limit), number(offset)],
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params_from_iter(values))?;
+        while let Some(row) = rows.next()? {
+            each(row)?;
+        }
+        Ok(())
+    }
+
+    /// The chunk's rows, at most `EXPORT_BATCH_ROWS`, up to `until`, and
+    /// the position of the last.
+    fn read(&self, conn: &Connection, until: Option<Position>) -> Result<(UsageBatch, Option<Position>), StoreError> {
+        let mut batch = UsageBatch::with_capacity(EXPORT_BATCH_ROWS, EXPORT_BATCH_ROWS * ROW_TEXT_BYTES);
+        let mut last = None;
+        self.query(conn, EXPORT_COLUMNS, until, 0, EXPORT_BATCH_ROWS, |row| {
+            last = Some(push_row(&mut batch, row)?);
+            Ok(())
+        })?;
+        Ok((batch, last))
+    }
+
+    /// The position of the chunk's last row when it is full, from the
+    /// index alone; `None` when fewer than `EXPORT_BATCH_ROWS` rows are left.
+    fn end(&self, conn: &Connection) -> Result<Option<Position>, StoreError> {
+        let mut end = None;
+        self.query(conn, "recorded_at, seq", None, EXPORT_BATCH_ROWS - 1, 1, |row| {
+            end = Some((row.get(0)?, row.get(1)?));
+            Ok(())
+        })?;
+        Ok(end)
+    }
+}
+
+fn position_values(p: Option<Position>) -> [Value; 2] {
+    p.map_or([Value::Null, Value::Null], |(a, s)| [Value::Integer(a), Value::Integer(s)])
+}
+
+/// Whether every filter is a column of the index an export reads
+/// (`account_id`, `recorded_at`, `seq`): then a chunk's end is found in the
+/// index alone, before the chunk before it is read.
+fn index_only(filter: &UsageFilter) -> bool {
+    filter.model.is_none()
+        && filter.request_type.is_none()
+        && filter.project.is_none()
+        && filter.conversation.is_none()
+        && filter.status.is_none()
+}
+
+/// Chunks an export reads at once when its filter is an index range: two
+/// read connections decode rows side by side while the consumer writes.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// Runs a read on a pooled connection on a blocking thread.
+async fn read<T: Send + 'static>(
+    readers: &Arc<ReadPool>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let readers = readers.clone();
+    tokio::task::spawn_blocking(move || readers.with(f))
+        .await
+        .map_err(|e| StoreError::Internal(format!("a read failed: {e}")))?
+}
+
+/// The export (see `Store::export`). Each batch is its own short read, so
+/// a slow consumer holds no connection and no snapshot (the WAL can be
+/// checkpointed meanwhile); the `seq` bound taken at the start keeps later
+/// records out, and the keyset position keeps every batch in order. At
+/// most `CHUNKS_IN_FLIGHT` chunks are read ahead of the sink.
+pub async fn export(
+    readers: Arc<ReadPool>,
+    account_id: Option<String>,
+    filter: UsageFilter,
+    sink: ExportSink,
+) -> Result<u64, StoreError> {
+    let result = export_batches(&readers, account_id, filter, &sink).await;
+    if let Err(e) = &result {
+        let _ = sink.send(Err(e.clone())).await;
+    }
+    result
+}
+
+type ChunkRead = tokio::task::JoinHandle<Result<(UsageBatch, Option<Position>), StoreError>>;
+
+async fn export_batches(
+    readers: &Arc<ReadPool>,
+    account_id: Option<String>,
+    filter: UsageFilter,
+    sink: &ExportSink,
+) -> Result<u64, StoreError> {
+    let max_seq = read(readers, max_seq).await?;
+    let parallel = index_only(&filter);
+    let account_id: Option<Arc<str>> = account_id.map(Arc::from);
+    let filter = Arc::new(filter);
+    let chunk = |after| Chunk { account_id: account_id.clone(), filter: filter.clone(), max_seq, after };
+    let start = |chunk: Chunk, until: Option<Position>| -> ChunkRead {
+        let readers = readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|conn| chunk.read(conn, until)))
+    };
+    let mut pending: VecDeque<ChunkRead> = VecDeque::new();
+    let mut next: Option<Position> = None;
+    let mut exhausted = false;
+    let mut sent: u64 = 0;
+    loop {
+        if sink.is_closed() {
+            break;
+        }
+        if parallel {
+            // Where the next chunks end, from the index; then read them side by side.
+            while !exhausted && pending.len() < CHUNKS_IN_FLIGHT {
+                let probe = chunk(next);
+                let until = read(readers, move |conn| probe.end(conn)).await?;
+                pending.push_back(start(chunk(next), until));
+                match until {
+                    Some(end) => next = Some(end),
+                    None => exhausted = true,
+                }
+            }
+        } else if !exhausted && pending.is_empty() {
+            pending.push_back(start(chunk(next), None));
+        }
+        let Some(reading) = pending.pop_front() else { break };
+        let (batch, last) = reading.await.map_err(|e| StoreError::Internal(format!("a read failed: {e}")))??;
+        if !parallel {
+            match last {
+                Some(position) if batch.len() == EXPORT_BATCH_ROWS => next = Some(position),
+                _ => exhausted = true,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let len = batch.len() as u64;
+        if sink.send(Ok(batch)).await.is_err() {
+            break;
+        }
+        sent += len;
+    }
+    Ok(sent)
+}
+
+/// Adds `row` to `into`; a sum out of range is a store failure, not a wrap.
+fn add(into: &mut UsageTotals, row: UsageTotals) -> Result<(), StoreError> {
+    *into = into.checked_add(row).ok_or_else(|| StoreError::Internal("a usage sum is out of range".into()))?;
+    Ok(())
+}
+
+fn count_column(row: &rusqlite::Row<'_>, i: usize) -> Result<u64, StoreError> {
+    Ok(codec::to_u64(row.get::<_, Option<i64>>(i)?.unwrap_or(0))?)
+}
+
+/// Totals from columns `first…first+6`: requests, the four token classes,
+/// credits, cost.
+fn totals(row: &rusqlite::Row<'_>, first: usize) -> Result<UsageTotals, StoreError> {
+    Ok(UsageTotals {
+        requests: count_column(row, first)?,
+        input_tokens: count_column(row, first + 1)?,
+        cache_read_tokens: count_column(row, first + 2)?,
+        cache_write_tokens: count_column(row, first + 3)?,
+        output_tokens: count_column(row, first + 4)?,
+        credits: Credits::from_units(row.get::<_, Option<i64>>(first + 5)?.unwrap_or(0)),
+        cost_usd: Usd::from_units(row.get::<_, Option<i64>>(first + 6)?.unwrap_or(0)),
+    })
+}
+
+const SUMS: &str = "COUNT(*), SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), \
+     SUM(output_tokens), SUM(credits), SUM(cost_usd)";
+
+/// The account's usage grouped by `group_by`. Columns are grouped by
+/// SQLite; days are summed here, row by row in time order, because a day
+/// in the billing zone is 23, 24 or 25 hours long and SQLite knows no zones.
+pub fn summary(
+    conn: &Connection,
+    account_id: &str,
+    filter: &UsageFilter,
+    group_by: &GroupBy,
+) -> Result<UsageSummary, StoreError> {
+    let column = match group_by {
+        GroupBy::Day(tz) => return summary_by_day(conn, account_id, filter, tz),
+        GroupBy::Model => "model",
+        GroupBy::Project => "project",
+        GroupBy::Conversation => "conversation",
+        GroupBy::RequestType => "request_type",
+        GroupBy::Status => "status",
+    };
+    let sql = format!(
+        "SELECT {column}, {SUMS} FROM usage_records WHERE {} GROUP BY {column} \
+         ORDER BY {column} IS NULL, {column} LIMIT ?9",
+        filter_sql(true, filter)
+    );
+    let cap = i64::try_from(SUMMARY_ROWS_MAX).unwrap_or(i64::MAX) + 1;
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut query = stmt.query(params_from_iter(filter_params(Some(account_id), filter, &[Value::Integer(cap)])))?;
+    let mut summary = UsageSummary::default();
+    while let Some(row) = query.next()? {
+        if summary.rows.len() == SUMMARY_ROWS_MAX {
+            summary.truncated = true;
+            break;
+        }
+        let row = SummaryRow { key: row.get(0)?, totals: totals(row, 1)? };
+        add(&mut summary.total, row.totals)?;
+        summary.rows.push(row);
+    }
+    if summary.truncated {
+        let sql = format!("SELECT {SUMS} FROM usage_records WHERE {}", filter_sql(true, filter));
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut query = stmt.query(params_from_iter(filter_params(Some(account_id), filter, &[])))?;
+        if let Some(row) = query.next()? {
+            summary.total = totals(row, 0)?;
+        }
+    }
+    Ok(summary)
+}
+
+/// The calendar day a group of the day summary covers: `[start, end)`.
+struct Day {
+    key: String,
+    start: i64,
+    end: i64,
+}
+
+impl Day {
+    fn containing(at: i64, tz: &TimeZone) -> Result<Day, StoreError> {
+        let t = codec::timestamp(at)?;
+        let start = calendar::day_start(t, tz);
+        let end = calendar::next_day_start(t, tz);
+        Ok(Day { key: t.to_zoned(tz.clone()).date().to_string(), start: codec::micros(start), end: codec::micros(end) })
+    }
+}
+
+fn summary_by_day(
+    conn: &Connection,
+    account_id: &str,
+    filter: &UsageFilter,
+    tz: &TimeZone,
+) -> Result<UsageSummary, StoreError> {
+    let sql = format!(
+        "SELECT recorded_at, 1, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, credits, cost_usd \
+         FROM usage_records WHERE {} ORDER BY recorded_at",
+        filter_sql(true, filter)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut query = stmt.query(params_from_iter(filter_params(Some(account_id), filter, &[])))?;
+    let mut summary = UsageSummary::default();
+    let mut current: Option<(Day, UsageTotals)> = None;
+    let close = |summary: &mut UsageSummary, day: Day, totals: UsageTotals| {
+        if summary.rows.len() == SUMMARY_ROWS_MAX {
+            summary.truncated = true;
+        } else {
+            summary.rows.push(SummaryRow { key: Some(day.key), totals });
+        }
+    };
+    while let Some(row) = query.next()? {
+        let at: i64 = row.get(0)?;
+        let one = totals(row, 1)?;
+        add(&mut summary.total, one)?;
+        let same_day = current.as_ref().is_some_and(|(day, _)| day.start <= at && at < day.end);
+        if !same_day {
+            if let Some((day, totals)) = current.take() {
+                close(&mut summary, day, totals);
+            }
+            current = Some((Day::containing(at, tz)?, UsageTotals::default()));
+        }
+        if let Some((_, totals)) = current.as_mut() {
+            add(totals, one)?;
+        }
+    }
+    if let Some((day, totals)) = current.take() {
+        close(&mut summary, day, totals);
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_parsers_agree_with_the_codec() {
+        let names = vec!["bash".to_string(), "a:b;c".to_string(), String::new(), "é".to_string()];
+        let text = codec::encode_tools(&names);
+        let parsed: Vec<&str> = tools(&text).collect::<Result<_, _>>().unwrap();
+        assert_eq!(parsed, names);
+        assert_eq!(tools("").count(), 0);
+        for bad in ["3:ab", "x:ab", "1", "1:\u{e9}"] {
+            assert!(tools(bad).any(|t| t.is_err()), "{bad:?}");
+        }
+        let text = "g:0190-ab:plan_main:1500000;w:-3";
+        let decoded = codec::decode_portions(text).unwrap();
+        let parsed: Vec<PortionRef<'_>> = portions(text).collect::<Result<_, _>>().unwrap();
+        assert_eq!(parsed.len(), decoded.len());
+        assert_eq!(parsed[0], PortionRef { grant: Some(("0190-ab", GrantKind::PlanMain)), amount: decoded[0].amount });
+        assert_eq!(parsed[1], PortionRef { grant: None, amount: decoded[1].amount });
+        assert_eq!(portions("").count(), 0);
+        for bad in ["x", "g:id:promo", "g::promo:1", "g:id:nope:1", "w:1.5"] {
+            assert!(portions(bad).any(|p| p.is_err()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn export_columns_are_the_usage_columns_but_the_fingerprint() {
+        assert_eq!(EXPORT_COLUMNS, format!("{USAGE_COLUMNS}, seq").replace("fingerprint", "''"));
+    }
+
+    #[test]
+    fn recorded_at_is_the_last_usage_column() {
+        // `positioned` reads the position from columns 35 and 36.
+        assert_eq!(USAGE_COLUMNS.split(',').count(), 36);
+        assert!(USAGE_COLUMNS.ends_with(" recorded_at"));
+    }
+}

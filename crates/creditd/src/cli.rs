@@ -1,0 +1,221 @@
+//! The command line (`api.md` §CLI), as clap types and nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "creditd",
+    version,
+    about = "A credits engine for AI products: price book, holds, grants, wallet, ledger.",
+    after_help = "Logging: CREDITD_LOG (e.g. info, debug, creditd_store=debug); logs go to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the HTTP API.
+    Serve(ServeArgs),
+    /// Writes a commented creditd.toml with the defaults (plans, example models, campaigns).
+    Init(InitArgs),
+    /// Creates or upgrades the database schema.
+    Migrate(DbArgs),
+    /// Checks every ledger invariant over the whole database; exits 1 on any breach.
+    Audit(DbArgs),
+    /// Writes usage records as CSV or JSONL, in recorded_at order (read-only: safe while `serve` runs).
+    Export(ExportArgs),
+    /// Manages API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file [default: ./creditd.toml if present, else built-in defaults]
+    #[arg(long, value_name = "FILE", env = "CREDITD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL, e.g. sqlite://creditd.db [default: database.url of the configuration]
+    #[arg(long, value_name = "URL", env = "CREDITD_DATABASE_URL")]
+    pub db: Option<String>,
+    /// Address to listen on; port 0 picks a free one [default: server.listen, 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR", env = "CREDITD_LISTEN")]
+    pub listen: Option<String>,
+    /// The admin API key [default: server.admin_key, else one created and printed at first start]
+    #[arg(long, value_name = "KEY", env = "CREDITD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Drive the engine clock over HTTP (GET/POST /v1/test/clock); it starts at the current time.
+    #[arg(long)]
+    pub test_clock: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the configuration.
+    #[arg(long, value_name = "FILE", default_value = "creditd.toml")]
+    pub path: PathBuf,
+    /// Overwrite the file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Database URL, e.g. sqlite://creditd.db [default: database.url of the configuration]
+    #[arg(long, value_name = "URL", env = "CREDITD_DATABASE_URL")]
+    pub db: Option<String>,
+    /// Configuration file [default: ./creditd.toml if present, else built-in defaults]
+    #[arg(long, value_name = "FILE", env = "CREDITD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Only this account's records [default: every account]
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// Records recorded at or after this time (RFC 3339, e.g. 2026-03-01T00:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Records recorded before this time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Only this model
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Only this request type
+    #[arg(long, value_name = "TYPE")]
+    pub request_type: Option<String>,
+    /// Only this project
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
+    /// Only this conversation
+    #[arg(long, value_name = "CONVERSATION")]
+    pub conversation: Option<String>,
+    /// Only this status: success, error or cancelled
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Write to FILE [default: standard output]
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// RFC 4180 CSV with a header row, the columns of api.md.
+    Csv,
+    /// One usage record (JSON) a line.
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Creates an API key and prints its secret, once.
+    Create(KeysCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// What the key may do.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// A name to recognise the key by [default: the role]
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Metering: estimate, authorize, settle, release, usage, and reading accounts.
+    Gateway,
+    /// Everything.
+    Admin,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "creditd",
+            "serve",
+            "--config",
+            "c.toml",
+            "--db",
+            "sqlite://x.db",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-key",
+            "k",
+            "--test-clock",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert_eq!(args.config, Some(PathBuf::from("c.toml")));
+        assert_eq!(args.db.as_deref(), Some("sqlite://x.db"));
+        assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(args.admin_key.as_deref(), Some("k"));
+        assert!(args.test_clock);
+    }
+
+    #[test]
+    fn export_takes_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "creditd",
+            "export",
+            "--db",
+            "sqlite://x.db",
+            "--account",
+            "u_1",
+            "--format",
+            "jsonl",
+            "--from",
+            "2026-03-01T00:00:00Z",
+            "--to",
+            "2026-04-01T00:00:00Z",
+            "-o",
+            "out.jsonl",
+        ])
+        .unwrap();
+        let Command::Export(args) = cli.command else { panic!("not export") };
+        assert_eq!(args.db.db.as_deref(), Some("sqlite://x.db"));
+        assert_eq!(args.account.as_deref(), Some("u_1"));
+        assert_eq!(args.format, ExportFormat::Jsonl);
+        assert_eq!(args.from.as_deref(), Some("2026-03-01T00:00:00Z"));
+        assert_eq!(args.to.as_deref(), Some("2026-04-01T00:00:00Z"));
+        assert_eq!(args.output, Some(PathBuf::from("out.jsonl")));
+        let cli = Cli::try_parse_from(["creditd", "export", "--db", "sqlite://x.db"]).unwrap();
+        let Command::Export(args) = cli.command else { panic!("not export") };
+        assert_eq!((args.format, args.account, args.output), (ExportFormat::Csv, None, None));
+        assert!(Cli::try_parse_from(["creditd", "export", "--format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn keys_create_needs_a_role() {
+        assert!(Cli::try_parse_from(["creditd", "keys", "create", "--db", "sqlite://x.db"]).is_err());
+        let cli =
+            Cli::try_parse_from(["creditd", "keys", "create", "--db", "sqlite://x.db", "--role", "gateway"]).unwrap();
+        let Command::Keys { command: KeysCommand::Create(args) } = cli.command else { panic!("not keys create") };
+        assert_eq!(args.role, RoleArg::Gateway);
+    }
+}

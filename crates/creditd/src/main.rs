@@ -1,0 +1,5 @@
+//! The `creditd` command. Everything lives in the library: see `lib.rs`.
+
+fn main() -> std::process::ExitCode {
+    creditd::run()
+}

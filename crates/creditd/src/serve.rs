@@ -1,0 +1,250 @@
+//! `creditd serve`: wires the configuration, a store, a clock and the API,
+//! and shuts down cleanly on SIGINT or SIGTERM.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use creditd_core::plan::Plan;
+use creditd_core::pricing::ModelPrice;
+use creditd_core::subscription::SubscriptionKind;
+use creditd_server::payments::{CreemConfig, NowPaymentsConfig, PaymentsConfig, Product, WebhookSecret};
+use creditd_server::{App, ServerConfig};
+use creditd_store::{Clock, Command, ManualClock, Store, SystemClock};
+use jiff::Timestamp;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Failure;
+use crate::cli::ServeArgs;
+use crate::commands::{Database, database, open_sqlite};
+use crate::config::{self, Config};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    // Take over SIGTERM before anything is printed, so a supervisor that
+    // stops us as soon as we are listening gets a clean shutdown.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only"))
+        .ok();
+    let file = config::locate(args.config.as_deref());
+    let config = Config::load(file.as_deref())?;
+    match &config.file {
+        Some(path) => tracing::info!(file = %path.display(), "configuration read"),
+        None => tracing::info!("no configuration file: built-in defaults (see `creditd init`)"),
+    }
+    let url = args.db.clone().unwrap_or_else(|| config.database.url.clone());
+    let listen = args.listen.clone().unwrap_or_else(|| config.server.listen.clone());
+    let admin_key = args
+        .admin_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| config.server.admin_key.as_ref().map(|k| k.expose().to_string()));
+    let Database::Sqlite(path) = database(&url)?;
+
+    let (clock, test_clock): (Arc<dyn Clock>, Option<Arc<ManualClock>>) = if args.test_clock {
+        let manual = Arc::new(ManualClock::new(Timestamp::now()));
+        tracing::warn!("test clock: time moves only through POST /v1/test/clock");
+        (manual.clone(), Some(manual))
+    } else {
+        (Arc::new(SystemClock), None)
+    };
+
+    let store = Arc::new(open_sqlite(&path, config.engine(), clock.clone())?);
+    tracing::info!(database = %url, "store open");
+    sync_models(store.as_ref(), &config.models).await?;
+    sync_plans(store.as_ref(), &config.core_plans()).await?;
+
+    if let Some(secret) = creditd_server::ensure_admin_key(store.as_ref(), admin_key.as_deref())
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot create the admin key: {e}")))?
+    {
+        // Printed, never logged: this is the only time the secret exists outside the caller.
+        println!("admin key (shown once, store it now): {secret}");
+    }
+
+    let server_config = ServerConfig {
+        engine: config.engine(),
+        min_topup_usd: config.min_topup_usd(),
+        admin_key: admin_key.clone(),
+        payments: payments(&config),
+    };
+    let app = App::new(store.clone(), clock, test_clock, server_config);
+    let router = app.router();
+
+    let listener =
+        TcpListener::bind(&listen).await.map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| Failure::runtime(format!("cannot read the bound address: {e}")))?;
+    println!("listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(address = %local, "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = tokio::spawn(async move {
+        shutdown_signal(terminate).await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stop_rx.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    });
+    let mut deadline = stop_rx;
+    let outcome = tokio::select! {
+        served = server => served.map_err(|e| Failure::runtime(format!("the server failed: {e}"))),
+        _ = async move {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(seconds = SHUTDOWN_GRACE.as_secs(), "in-flight requests did not finish in time");
+            Ok(())
+        }
+    };
+    signals.abort();
+
+    // Every acknowledged write is already committed (acknowledged means
+    // durable). Drop the API first, then the last handle on the store: its
+    // writer drains its queue, commits its last batch and is joined.
+    drop(app);
+    if Arc::strong_count(&store) > 1 {
+        tracing::warn!("the store is still in use at shutdown; its writer stops when the last request ends");
+    }
+    drop(store);
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Writes the configuration's models into the price book, each only when it
+/// differs from the stored current version, so a restart bumps nothing.
+async fn sync_models(store: &dyn Store, models: &BTreeMap<String, ModelPrice>) -> Result<(), Failure> {
+    let mut written = 0;
+    for (id, price) in models {
+        let current = store.model(id).await.map_err(|e| Failure::runtime(format!("cannot read model {id}: {e}")))?;
+        if current.is_some_and(|m| m.price == *price) {
+            continue;
+        }
+        store
+            .execute(Command::PutModel { id: id.clone(), price: price.clone() }, None)
+            .await
+            .map_err(|e| Failure::runtime(format!("cannot write model {id}: {e}")))?;
+        tracing::info!(model = %id, "price book: model written from the configuration");
+        written += 1;
+    }
+    tracing::info!(models = models.len(), written, "price book in sync with the configuration");
+    Ok(())
+}
+
+/// `[payments.*]` for the API: a provider's webhooks are served once its
+/// secret is configured (in the file or the environment). Secrets are never
+/// logged; only which providers are on.
+fn payments(config: &Config) -> PaymentsConfig {
+    let p = &config.payments;
+    let creem = p.creem.webhook_secret.as_ref().map(|secret| CreemConfig {
+        webhook_secret: WebhookSecret::new(secret.expose()),
+        products: p
+            .creem
+            .products
+            .iter()
+            .map(|(id, product)| {
+                let product = match product {
+                    config::Product::Topup => Product::Topup,
+                    config::Product::Credits(credits) => Product::Credits(*credits),
+                    config::Product::Plan { plan, kind } => Product::Plan {
+                        plan: plan.clone(),
+                        kind: match kind {
+                            config::SubscriptionKind::Monthly => SubscriptionKind::Monthly,
+                            config::SubscriptionKind::Pass30d => SubscriptionKind::Pass30d,
+                        },
+                    },
+                };
+                (id.clone(), product)
+            })
+            .collect(),
+    });
+    let nowpayments = p
+        .nowpayments
+        .ipn_secret
+        .as_ref()
+        .map(|secret| NowPaymentsConfig { ipn_secret: WebhookSecret::new(secret.expose()) });
+    tracing::info!(
+        creem = creem.is_some(),
+        creem_products = p.creem.products.len(),
+        nowpayments = nowpayments.is_some(),
+        "payment webhooks"
+    );
+    PaymentsConfig { creem, nowpayments }
+}
+
+/// Writes the configuration's plans, each only when it differs from the
+/// stored one. A plan changed through the API is overwritten by the file's
+/// at the next start, as models are; plans only in the store stay.
+async fn sync_plans(store: &dyn Store, plans: &[Plan]) -> Result<(), Failure> {
+    let stored = store.plans().await.map_err(|e| Failure::runtime(format!("cannot read the plans: {e}")))?;
+    let mut written = 0;
+    for plan in plans {
+        if stored.get(&plan.id) == Some(plan) {
+            continue;
+        }
+        store
+            .execute(Command::PutPlan { plan: plan.clone() }, None)
+            .await
+            .map_err(|e| Failure::runtime(format!("cannot write plan {}: {e}", plan.id)))?;
+        tracing::info!(plan = %plan.id, "plans: plan written from the configuration");
+        written += 1;
+    }
+    tracing::info!(plans = plans.len(), written, "plans in sync with the configuration");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal(terminate: Option<tokio::signal::unix::Signal>) {
+    match terminate {
+        Some(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payments_are_wired_from_the_configuration_and_secrets_stay_hidden() {
+        let config = Config::from_toml(
+            r#"
+            [payments.creem]
+            webhook_secret = "whsec_very_secret"
+            [payments.creem.products]
+            prod_topup = { topup = true }
+            prod_pack = { credits = "500" }
+            prod_pro = { plan = "pro", kind = "monthly" }
+            prod_pass = { plan = "pro", kind = "pass_30d" }
+            [payments.nowpayments]
+            ipn_secret = "ipn_very_secret"
+            "#,
+        )
+        .expect("valid");
+        let p = payments(&config);
+        let creem = p.creem.as_ref().expect("creem on");
+        assert_eq!(creem.products["prod_topup"], Product::Topup);
+        assert_eq!(creem.products["prod_pack"], Product::Credits(creditd_core::Credits::whole(500)));
+        assert_eq!(creem.products["prod_pro"], Product::Plan { plan: "pro".into(), kind: SubscriptionKind::Monthly });
+        assert_eq!(creem.products["prod_pass"], Product::Plan { plan: "pro".into(), kind: SubscriptionKind::Pass30d });
+        assert!(p.nowpayments.is_some());
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("very_secret"), "{shown}");
+        // Without a secret a provider's webhooks are off.
+        let p = payments(&Config::builtin());
+        assert!(p.creem.is_none() && p.nowpayments.is_none());
+    }
+}

@@ -1,0 +1,516 @@
+//! The `creditd` binary as an operator runs it: real processes, a real
+//! socket, a real database file, SIGTERM to stop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_creditd");
+const ADMIN_KEY: &str = "admin-key-for-the-process-test-0123456789";
+/// Debug builds start slowly on a busy 2-core machine; this is an upper bound.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// No signup bonus, no gifts: balances below are exactly what the test grants.
+/// No campaigns, and a free plan without limits that allows every model.
+const QUIET_CONFIG: &str = "[campaigns]\nrecurring = []\n[campaigns.signup_bonus]\namount = \"0\"\n\
+                            [plans.free]\nprice_usd = \"0\"\nmodel_access = \"all\"\n";
+
+/// The creditd command, with none of the caller's CREDITD_* settings.
+fn creditd(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).env("CREDITD_LOG", "warn");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CREDITD_") && name != "CREDITD_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    creditd(dir).args(args).stdin(Stdio::null()).output().expect("run creditd")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+static SERVERS_STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A running `creditd serve`.
+struct Server {
+    child: Child,
+    base: String,
+    /// Every line printed on stdout up to "listening on".
+    printed: Vec<String>,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str]) -> Server {
+        let n = SERVERS_STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("serve-{n}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = creditd(dir)
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn creditd serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut printed = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let listening = line.strip_prefix("listening on ").map(str::to_string);
+                    printed.push(line);
+                    if let Some(base) = listening {
+                        return Server { child, base, printed, log };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "creditd serve did not print `listening on` (stdout: {printed:?}); its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for creditd") {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                assert!(status.success(), "creditd serve exited with {status} after SIGTERM; its log:\n{log}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "creditd serve did not stop within {STOP_TIMEOUT:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A small HTTP client: every status is an answer, not an error.
+struct Http {
+    agent: ureq::Agent,
+}
+
+impl Http {
+    fn new() -> Http {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Http { agent }
+    }
+
+    fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+        let mut response = response.expect("HTTP call");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().expect("read body");
+        let value = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {status}: not JSON ({e}): {body}"))
+        };
+        (status, value)
+    }
+
+    fn get(&self, url: &str, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.agent.get(url);
+        if let Some(key) = key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        Self::answer(request.call())
+    }
+
+    fn send(&self, method: &str, url: &str, key: &str, body: &Value, idempotency_key: Option<&str>) -> (u16, Value) {
+        let mut request = match method {
+            "POST" => self.agent.post(url),
+            "PUT" => self.agent.put(url),
+            other => panic!("unsupported method {other}"),
+        };
+        request = request.header("Authorization", &format!("Bearer {key}"));
+        if let Some(k) = idempotency_key {
+            request = request.header("Idempotency-Key", k);
+        }
+        Self::answer(request.send_json(body))
+    }
+
+    fn post(&self, url: &str, key: &str, body: &Value) -> (u16, Value) {
+        self.send("POST", url, key, body, None)
+    }
+}
+
+fn sonnet() -> Value {
+    json!({
+        "cost_usd_per_mtok": {"input": "3", "output": "15", "cache_read": "0.3", "cache_write": "3.75"},
+        "cost_usd": {"request": "0"},
+        "credits_per_mtok": null,
+        "credits": {"request": "0"},
+        "multiplier": "1",
+        "free": false,
+        "max_output_tokens": 8192,
+        "tiers": []
+    })
+}
+
+/// The line `prefix…` printed on stdout, without the prefix.
+fn printed_after<'a>(stdout: &'a str, prefix: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|line| line.strip_prefix(prefix)).map(str::trim)
+}
+
+#[test]
+fn serve_meters_a_request_then_stops_cleanly_and_the_audit_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir.path().join("creditd.db"));
+    let config = dir.path().join("creditd.toml");
+    std::fs::write(&config, QUIET_CONFIG).unwrap();
+    let config = config.to_str().unwrap();
+
+    // A gateway key made by the CLI before the server starts.
+    let out =
+        run(dir.path(), &["keys", "create", "--db", &db, "--config", config, "--role", "gateway", "--name", "gw"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "keys create failed: {stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("created gateway key") && stdout.contains("\"gw\""), "{stdout}");
+    let gateway = printed_after(&stdout, "secret:").expect("the secret is printed").to_string();
+
+    let server = Server::start(
+        dir.path(),
+        &["--config", config, "--db", &db, "--listen", "127.0.0.1:0", "--admin-key", ADMIN_KEY],
+    );
+    assert!(
+        !server.printed.iter().any(|l| l.starts_with("admin key")),
+        "with --admin-key no key is generated: {:?}",
+        server.printed
+    );
+    let http = Http::new();
+
+    let (status, health) = http.get(&server.url("/healthz"), None);
+    assert_eq!((status, health), (200, json!({"status": "ok"})));
+
+    // Price book.
+    let (status, model) = http.send("PUT", &server.url("/v1/models/claude-sonnet-4-5"), ADMIN_KEY, &sonnet(), None);
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(model["id"], "claude-sonnet-4-5");
+    let price_version = model["price_version"].as_i64().expect("an integer price_version");
+
+    // Roles: the gateway key may not change prices; a bad key is refused.
+    let (status, body) = http.send("PUT", &server.url("/v1/models/x"), &gateway, &sonnet(), None);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, body) = http.get(&server.url("/v1/models"), Some("ck_nope_nope"));
+    assert_eq!(status, 401, "{body}");
+
+    // An account and a promo grant of 100 credits.
+    let account = json!({"id": "u_42", "email": "ada@example.com"});
+    let (status, body) = http.post(&server.url("/v1/accounts"), ADMIN_KEY, &account);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"], "u_42");
+    assert_eq!(body["status"], "active");
+    let grant = json!({"amount": "100", "kind": "promo", "source": "welcome", "reason": "launch promo"});
+    let grants_url = server.url("/v1/accounts/u_42/grants");
+    let (status, grant) = http.send("POST", &grants_url, ADMIN_KEY, &grant, Some("welcome-u_42"));
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!((grant["amount"].as_str(), grant["remaining"].as_str()), (Some("100"), Some("100")));
+    assert_eq!(grant["kind"], "promo");
+    let grant_id = grant["id"].as_str().expect("grant id").to_string();
+
+    // Authorize 2,000 input tokens and at most 1,000 output tokens:
+    // 2000 × $3/M + 1000 × $15/M = $0.021 = 2.1 credits held.
+    let authorize = json!({
+        "account_id": "u_42", "request_id": "req_1", "model": "claude-sonnet-4-5",
+        "request_type": "chat", "input_tokens": 2000, "max_output_tokens": 1000
+    });
+    let (status, hold) = http.post(&server.url("/v1/authorize"), &gateway, &authorize);
+    assert_eq!(status, 201, "{hold}");
+    assert_eq!(hold["request_id"], "req_1");
+    assert_eq!(hold["estimate"], "2.1");
+    assert_eq!(hold["available"], "97.9");
+    assert_eq!(hold["held_from"], json!([{"source": "grant", "grant_id": grant_id, "kind": "promo", "amount": "2.1"}]));
+    let (status, again) = http.post(&server.url("/v1/authorize"), &gateway, &authorize);
+    assert_eq!(status, 200, "the same authorize again is a replay: {again}");
+    assert_eq!(again["hold_id"], hold["hold_id"]);
+
+    // Settle what was used: 2000 × $3/M + 500 × $15/M = $0.0135 = 1.35 credits.
+    let settle = json!({
+        "account_id": "u_42", "request_id": "req_1", "status": "success",
+        "usage": {"input_tokens": 2000, "output_tokens": 500}
+    });
+    let (status, record) = http.post(&server.url("/v1/settle"), &gateway, &settle);
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["cost_usd"], "0.0135");
+    assert_eq!(record["credits"], "1.35");
+    assert_eq!(record["price_version"].as_i64(), Some(price_version));
+    assert_eq!(record["debt_incurred"], "0");
+    assert_eq!(record["hold_expired"], false);
+    assert_eq!(
+        record["charged_from"],
+        json!([{"source": "grant", "grant_id": grant_id, "kind": "promo", "amount": "1.35"}])
+    );
+
+    // Balance: 100 − 1.35, nothing held, no debt, an empty wallet.
+    let (status, balance) = http.get(&server.url("/v1/accounts/u_42/balance"), Some(&gateway));
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(balance["account_id"], "u_42");
+    assert_eq!((balance["available"].as_str(), balance["held"].as_str()), (Some("98.65"), Some("0")));
+    assert_eq!(balance["debt"], "0");
+    assert_eq!(balance["wallet"]["balance"], "0");
+    assert_eq!(balance["grants"][0]["id"], grant_id.as_str());
+    assert_eq!(balance["grants"][0]["remaining"], "98.65");
+
+    // Ledger, newest first: the charge, then the grant.
+    let (status, ledger) = http.get(&server.url("/v1/accounts/u_42/ledger"), Some(ADMIN_KEY));
+    assert_eq!(status, 200, "{ledger}");
+    let entries = ledger["data"].as_array().expect("a list");
+    assert_eq!(entries.len(), 2, "{ledger}");
+    assert_eq!((entries[0]["type"].as_str(), entries[0]["amount"].as_str()), (Some("charge"), Some("-1.35")));
+    assert_eq!(entries[0]["balance_after"], "98.65");
+    assert_eq!(entries[0]["reference"]["request_id"], "req_1");
+    assert_eq!((entries[1]["type"].as_str(), entries[1]["amount"].as_str()), (Some("grant"), Some("100")));
+    assert_eq!(entries[1]["balance_after"], "100");
+
+    server.stop();
+
+    // Everything acknowledged is on disk and consistent.
+    let out = run(dir.path(), &["audit", "--db", &db, "--config", config]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "audit failed: {report}{}", text(&out.stderr));
+    assert!(report.contains("1 accounts, 2 ledger entries, 1 usage records"), "{report}");
+    assert!(report.contains("checked 7 invariants"), "{report}");
+    assert_eq!(report.matches("  ok  ").count(), 7, "{report}");
+    assert!(report.contains("no breaches"), "{report}");
+
+    // A tampered wallet is a breach: exit code 1, and the report says which.
+    let conn = rusqlite::Connection::open(dir.path().join("creditd.db")).unwrap();
+    conn.execute("UPDATE accounts SET wallet_balance = wallet_balance + 1000000 WHERE id = 'u_42'", []).unwrap();
+    drop(conn);
+    let out = run(dir.path(), &["audit", "--db", &db, "--config", config]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("BROKEN  2 the wallet"), "{report}");
+    assert!(report.contains("invariant 2 broken for account u_42"), "{report}");
+}
+
+#[test]
+fn init_writes_a_config_that_serve_starts_with_and_the_admin_key_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("creditd.toml");
+    let path_arg = path.to_str().unwrap();
+
+    let out = run(dir.path(), &["init", "--path", path_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("wrote"), "{}", text(&out.stdout));
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.contains("[plans.ultra]") && written.contains("[models.\"claude-sonnet-4-5\"]"));
+
+    let out = run(dir.path(), &["init", "--path", path_arg]);
+    assert_eq!(out.status.code(), Some(1), "init must not overwrite without --force");
+    assert!(text(&out.stderr).contains("--force"), "{}", text(&out.stderr));
+    let out = run(dir.path(), &["init", "--path", path_arg, "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let db = sqlite_url(&dir.path().join("init.db"));
+    let server = Server::start(dir.path(), &["--config", path_arg, "--db", &db, "--listen", "127.0.0.1:0"]);
+    let admin = server
+        .printed
+        .iter()
+        .find_map(|l| l.strip_prefix("admin key (shown once, store it now): "))
+        .unwrap_or_else(|| panic!("no admin key printed: {:?}", server.printed))
+        .to_string();
+    let http = Http::new();
+    let (status, models) = http.get(&server.url("/v1/models"), Some(&admin));
+    assert_eq!(status, 200, "{models}");
+    let mut ids: Vec<&str> =
+        models["data"].as_array().expect("a list").iter().filter_map(|m| m["id"].as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["claude-sonnet-4-5", "gpt-4o", "gpt-4o-mini"]);
+    let versions: Vec<Value> = models["data"].as_array().unwrap().iter().map(|m| m["price_version"].clone()).collect();
+    // The six tiers of seed 004, written to the store at start.
+    let (status, plans) = http.get(&server.url("/v1/plans"), Some(&admin));
+    assert_eq!(status, 200, "{plans}");
+    let tiers: Vec<(&str, &str, &str, &str, Value)> = plans["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or("-");
+            (s("id"), s("price_usd"), s("main_pool"), s("backup_pool"), p["budget_usd"].clone())
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("free", "0", "0", "0", Value::Null),
+            ("master", "100", "12000", "30000", json!("1000")),
+            ("premium", "25", "3000", "7500", json!("250")),
+            ("pro", "50", "6000", "15000", json!("500")),
+            ("starter", "10", "1200", "3000", json!("100")),
+            ("ultra", "200", "24000", "60000", json!("2000")),
+        ]
+    );
+    // A new account is on free with the signup bonus.
+    let (status, account) = http.post(&server.url("/v1/accounts"), &admin, &json!({"id": "newcomer"}));
+    assert_eq!((status, account["plan"].as_str()), (201, Some("free")), "{account}");
+    let (status, balance) = http.get(&server.url("/v1/accounts/newcomer/balance"), Some(&admin));
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(
+        (balance["grants"][0]["source"].as_str(), balance["available"].as_str()),
+        (Some("signup_bonus"), Some("50"))
+    );
+    assert_eq!(balance["limits"]["rate_per_minute"], json!({"limit": 1, "used": 0}));
+    server.stop();
+
+    // A restart with the same file: no new admin key, no new price versions.
+    let server = Server::start(dir.path(), &["--config", path_arg, "--db", &db, "--listen", "127.0.0.1:0"]);
+    assert!(
+        !server.printed.iter().any(|l| l.starts_with("admin key")),
+        "the admin key is printed only once: {:?}",
+        server.printed
+    );
+    let (status, models) = http.get(&server.url("/v1/models"), Some(&admin));
+    assert_eq!(status, 200, "{models}");
+    let again: Vec<Value> = models["data"].as_array().unwrap().iter().map(|m| m["price_version"].clone()).collect();
+    assert_eq!(again, versions, "restarting must not bump price versions");
+    server.stop();
+
+    // A changed price in the file gives that model a new version at start.
+    let changed = std::fs::read_to_string(&path).unwrap().replace(
+        "cost_usd_per_mtok = { input = \"2.5\", output = \"10\", cache_read = \"1.25\" }",
+        "cost_usd_per_mtok = { input = \"2\", output = \"8\", cache_read = \"1\" }",
+    );
+    std::fs::write(&path, changed).unwrap();
+    let server = Server::start(dir.path(), &["--config", path_arg, "--db", &db, "--listen", "127.0.0.1:0"]);
+    let (status, sonnet) = http.get(&server.url("/v1/models/claude-sonnet-4-5"), Some(&admin));
+    assert_eq!(status, 200, "{sonnet}");
+    let (status, gpt) = http.get(&server.url("/v1/models/gpt-4o"), Some(&admin));
+    assert_eq!(status, 200, "{gpt}");
+    assert_eq!(gpt["cost_usd_per_mtok"]["input"], "2");
+    let before = |id: &str| {
+        let list = models["data"].as_array().unwrap();
+        list.iter().find(|m| m["id"] == id).map(|m| m["price_version"].as_i64().unwrap()).unwrap()
+    };
+    assert_eq!(
+        sonnet["price_version"].as_i64(),
+        Some(before("claude-sonnet-4-5")),
+        "unchanged model keeps its version"
+    );
+    assert!(gpt["price_version"].as_i64().unwrap() > before("gpt-4o"), "changed model gets a new version: {gpt}");
+    server.stop();
+}
+
+#[test]
+fn a_gateway_key_from_the_cli_meters_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir.path().join("keys.db"));
+    let config = dir.path().join("creditd.toml");
+    std::fs::write(&config, QUIET_CONFIG).unwrap();
+    let config = config.to_str().unwrap();
+    let out = run(dir.path(), &["keys", "create", "--db", &db, "--config", config, "--role", "admin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("created admin key") && stdout.contains("named \"admin\""), "{stdout}");
+    let admin = printed_after(&stdout, "secret:").expect("secret").to_string();
+
+    // The stored admin key counts: no key is generated at start.
+    let server = Server::start(dir.path(), &["--config", config, "--db", &db, "--listen", "127.0.0.1:0"]);
+    assert!(!server.printed.iter().any(|l| l.starts_with("admin key")), "{:?}", server.printed);
+    let http = Http::new();
+    let (status, body) = http.get(&server.url("/v1/keys"), Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    server.stop();
+}
+
+#[test]
+fn postgres_urls_are_refused_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["serve", "--db", "postgres://localhost/creditd", "--listen", "127.0.0.1:0"][..],
+        &["migrate", "--db", "postgresql://localhost/creditd"][..],
+    ] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("PostgreSQL support is not built yet"), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[billing]\nmin_charge = \"one cent\"\n").unwrap();
+    let out = run(dir.path(), &["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("`billing.min_charge`") && stderr.contains("one cent"), "{stderr}");
+
+    std::fs::write(&path, "[billing]\ntimezone = \"UTC\"\nhold_ttl = 60\n").unwrap();
+    let out = run(dir.path(), &["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown key `billing.hold_ttl`"), "{}", text(&out.stderr));
+
+    let out = run(dir.path(), &["serve", "--config", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("does not exist"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("creditd.toml");
+    std::fs::write(&path, "[billing]\ntimezone = \"UTC\"\n").unwrap();
+    let out = creditd(dir.path())
+        .args(["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("CREDITD_BILLING__TIMEZONE", "Not/AZone")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("CREDITD_BILLING__TIMEZONE") && stderr.contains("Not/AZone"), "{stderr}");
+}
