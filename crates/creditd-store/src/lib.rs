@@ -9,6 +9,8 @@
 pub mod batch;
 pub mod clock;
 pub mod payments;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -258,6 +260,37 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The existing account the command changes, which the writer locks
+    /// (`None`: none, or one it finds only while applying the command).
+    pub fn account_id(&self) -> Option<&str> {
+        match self {
+            Command::SetAccountStatus { account_id, .. }
+            | Command::Grant { account_id, .. }
+            | Command::VoidGrant { account_id, .. }
+            | Command::Topup { account_id, .. }
+            | Command::AdjustWallet { account_id, .. }
+            | Command::Purchase { account_id, .. }
+            | Command::Authorize { account_id, .. }
+            | Command::Settle { account_id, .. }
+            | Command::Release { account_id, .. }
+            | Command::RecordUsage { account_id, .. }
+            | Command::Sweep { account_id }
+            | Command::StartSubscription { account_id, .. }
+            | Command::RenewSubscription { account_id }
+            | Command::CancelSubscription { account_id }
+            | Command::RefundUsage { account_id, .. } => Some(account_id),
+            Command::CreateAccountToken { token } => Some(&token.account_id),
+            Command::CreateAccount { .. }
+            | Command::PutModel { .. }
+            | Command::CreateKey { .. }
+            | Command::DeleteKey { .. }
+            | Command::PutPlan { .. }
+            | Command::WebhookEvent { .. } => None,
+        }
+    }
+}
+
 /// A write's answer.
 // Each reply is moved once, from the writer to its caller: boxing the large
 // variants would cost an allocation per write and buy nothing.
@@ -296,8 +329,10 @@ pub struct StoredResponse {
 }
 
 /// Turns a reply into the response stored for replays, inside the writer's
-/// transaction so that the effect and its key are committed together.
-pub type Render = Box<dyn FnOnce(&Reply) -> StoredResponse + Send>;
+/// transaction so that the effect and its key are committed together. A
+/// batch that fails as a whole runs its commands again, so it may be called
+/// more than once.
+pub type Render = Box<dyn Fn(&Reply) -> StoredResponse + Send>;
 
 /// An `Idempotency-Key` and what to store under it.
 pub struct Idempotent {

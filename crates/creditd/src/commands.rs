@@ -2,10 +2,11 @@
 //! database helpers `serve` shares with them.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use creditd_core::invariants::INVARIANTS;
+use creditd_store::postgres::{PgStore, is_postgres_url};
 use creditd_store::sqlite::{SqliteStore, sqlite_path};
 use creditd_store::{AuditReport, Clock, EngineConfig, Role, Store, SystemClock, WriterLimits};
 
@@ -28,30 +29,52 @@ pub fn init(args: &InitArgs) -> Result<(), Failure> {
 /// Where a database URL points.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
+    /// The embedded store, a file.
     Sqlite(PathBuf),
+    /// A PostgreSQL server (the URL as given, for the driver).
+    Postgres(String),
 }
 
-/// Reads a database URL: `sqlite://…` is the embedded backend;
-/// `postgres://…` is recognised but not built yet (exit code 2).
+/// Reads a database URL: `sqlite://…` is the embedded backend,
+/// `postgres://…` (or `postgresql://…`) a PostgreSQL server.
 pub fn database(url: &str) -> Result<Database, Failure> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(Failure::usage(
-            "PostgreSQL support is not built yet; use a SQLite URL such as sqlite://creditd.db",
-        ));
+    if is_postgres_url(url) {
+        return Ok(Database::Postgres(url.to_string()));
     }
     match sqlite_path(url) {
         Some(path) => Ok(Database::Sqlite(path)),
         None => Err(Failure::usage(format!(
-            "{url:?} is not a database URL; use sqlite://creditd.db (relative) or sqlite:///var/lib/creditd/creditd.db"
+            "{url:?} is not a database URL; use sqlite://creditd.db (relative), \
+             sqlite:///var/lib/creditd/creditd.db or postgres://user@host/database"
         ))),
     }
 }
 
 /// Opens the store (creating and migrating the database as needed) and
 /// starts its writer; dropping the store drains and joins the writer.
-pub fn open_sqlite(path: &Path, engine: EngineConfig, clock: Arc<dyn Clock>) -> Result<SqliteStore, Failure> {
-    SqliteStore::open(path, engine, WriterLimits::default(), clock)
-        .map_err(|e| Failure::runtime(format!("cannot open the database {}: {e}", path.display())))
+pub fn open_store(database: &Database, engine: EngineConfig, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, Failure> {
+    let opened: Result<Arc<dyn Store>, _> = match database {
+        Database::Sqlite(path) => {
+            SqliteStore::open(path, engine, WriterLimits::default(), clock).map(|s| Arc::new(s) as _)
+        }
+        Database::Postgres(url) => {
+            PgStore::connect(url, engine, WriterLimits::default(), clock).map(|s| Arc::new(s) as _)
+        }
+    };
+    opened.map_err(|e| Failure::runtime(format!("cannot open the database {database}: {e}")))
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            // The URL may carry a password: show only where it points.
+            Database::Postgres(url) => {
+                let shown = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+                write!(f, "postgres://{}", shown.trim_start_matches("postgres://").trim_start_matches("postgresql://"))
+            }
+        }
+    }
 }
 
 /// The configuration and database URL of a one-shot command: `--db` (or
@@ -66,24 +89,30 @@ pub(crate) fn resolve(args: &DbArgs) -> Result<(Config, String), Failure> {
 /// `creditd migrate`: creates or upgrades the schema.
 pub async fn migrate(args: &DbArgs) -> Result<(), Failure> {
     let (_, url) = resolve(args)?;
-    let Database::Sqlite(path) = database(&url)?;
-    SqliteStore::migrate(&path).map_err(|e| Failure::runtime(format!("cannot migrate {url}: {e}")))?;
-    println!("migrated {url} ({})", path.display());
+    let database = database(&url)?;
+    let migrated = match &database {
+        Database::Sqlite(path) => SqliteStore::migrate(path),
+        Database::Postgres(url) => PgStore::migrate(url),
+    };
+    migrated.map_err(|e| Failure::runtime(format!("cannot migrate {database}: {e}")))?;
+    println!("migrated {database}");
     Ok(())
 }
 
 /// `creditd audit`: checks every invariant of `semantics.md` §10.
 pub async fn audit(args: &DbArgs) -> Result<(), Failure> {
     let (config, url) = resolve(args)?;
-    let Database::Sqlite(path) = database(&url)?;
-    if !path.is_file() {
-        return Err(Failure::runtime(format!("there is no database at {} ({url})", path.display())));
+    let database = database(&url)?;
+    if let Database::Sqlite(path) = &database
+        && !path.is_file()
+    {
+        return Err(Failure::runtime(format!("there is no database at {}", path.display())));
     }
     let report = {
-        let store = SqliteStore::open(&path, config.engine(), WriterLimits::default(), Arc::new(SystemClock))
-            .map_err(|e| Failure::runtime(format!("cannot open {url}: {e}")))?;
-        store.audit().await.map_err(|e| Failure::runtime(format!("the audit of {url} failed: {e}")))?
+        let store = open_store(&database, config.engine(), Arc::new(SystemClock))?;
+        store.audit().await.map_err(|e| Failure::runtime(format!("the audit of {database} failed: {e}")))?
     };
+    let url = database.to_string();
     let text = render_audit(&url, &report);
     print!("{text}");
     let _ = std::io::stdout().flush();
@@ -120,15 +149,15 @@ pub fn render_audit(url: &str, report: &AuditReport) -> String {
 /// `creditd keys create`: creates a key and prints its secret once.
 pub async fn create_key(args: &KeysCreateArgs) -> Result<(), Failure> {
     let (config, url) = resolve(&args.db)?;
-    let Database::Sqlite(path) = database(&url)?;
+    let database = database(&url)?;
     let role = match args.role {
         RoleArg::Gateway => Role::Gateway,
         RoleArg::Admin => Role::Admin,
     };
     let name = args.name.clone().unwrap_or_else(|| role.as_str().to_string());
     let (key, secret) = {
-        let store = open_sqlite(&path, config.engine(), Arc::new(SystemClock))?;
-        creditd_server::create_key(&store, role, &name)
+        let store = open_store(&database, config.engine(), Arc::new(SystemClock))?;
+        creditd_server::create_key(store.as_ref(), role, &name)
             .await
             .map_err(|e| Failure::runtime(format!("cannot create the key: {e}")))?
     };
@@ -145,12 +174,18 @@ mod tests {
     use creditd_core::invariants::Breach;
 
     #[test]
-    fn postgres_is_recognised_but_not_built() {
+    fn database_urls_pick_the_backend() {
         for url in ["postgres://localhost/creditd", "postgresql://u@h/db"] {
-            let Err(Failure::Usage(m)) = database(url) else { panic!("{url} should be a usage error") };
-            assert!(m.contains("PostgreSQL support is not built yet"), "{m}");
+            assert_eq!(database(url).ok(), Some(Database::Postgres(url.to_string())));
         }
+        assert_eq!(database("sqlite://x.db").ok(), Some(Database::Sqlite("x.db".into())));
         assert!(matches!(database("mysql://x"), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn a_postgres_url_is_shown_without_its_password() {
+        let shown = Database::Postgres("postgres://me:secret@db.example:5432/creditd".into()).to_string();
+        assert_eq!(shown, "postgres://db.example:5432/creditd");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `recorded_at` order, with the HTTP export's formatting
 //! (`creditd_server::export`).
 //!
-//! It opens the database read-only ([`SqliteReader`]: no writer, no
+//! It opens the database for reads only ([`SqlReader`]: no writer, no
 //! migration), so it is safe while `creditd serve` has the database open.
 //! Rows arrive in batches over a bounded channel, so memory stays flat
 //! whatever their number. A progress bar is drawn on standard error when it
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use creditd_core::pricing::RequestStatus;
 use creditd_server::export::Format;
 use creditd_store::UsageFilter;
+use creditd_store::postgres::PgReader;
+use creditd_store::sql::Db;
+use creditd_store::sql::store::SqlReader;
 use creditd_store::sqlite::SqliteReader;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
@@ -67,13 +70,31 @@ fn filter(args: &ExportArgs) -> Result<UsageFilter, Failure> {
 /// `creditd export`.
 pub async fn export(args: &ExportArgs) -> Result<(), Failure> {
     let (_, url) = resolve(&args.db)?;
-    let Database::Sqlite(path) = database(&url)?;
+    let database = database(&url)?;
     let filter = filter(args)?;
     let format = match args.format {
         ExportFormat::Csv => Format::Csv,
         ExportFormat::Jsonl => Format::Jsonl,
     };
-    let reader = SqliteReader::open(&path).map_err(|e| Failure::runtime(format!("cannot open {url}: {e}")))?;
+    let cannot_open = |e| Failure::runtime(format!("cannot open {database}: {e}"));
+    match &database {
+        Database::Sqlite(path) => {
+            export_from(args, &database, SqliteReader::open(path).map_err(cannot_open)?, filter, format).await
+        }
+        Database::Postgres(url) => {
+            export_from(args, &database, PgReader::connect(url).map_err(cannot_open)?, filter, format).await
+        }
+    }
+}
+
+async fn export_from<C: Db + Send + 'static>(
+    args: &ExportArgs,
+    database: &Database,
+    reader: SqlReader<C>,
+    filter: UsageFilter,
+    format: Format,
+) -> Result<(), Failure> {
+    let url = database.to_string();
     let account = args.account.clone();
     if let Some(id) = &account {
         let found = reader.account(id).await.map_err(|e| Failure::runtime(format!("cannot read {url}: {e}")))?;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::Failure;
 use crate::cli::ServeArgs;
-use crate::commands::{Database, database, open_sqlite};
+use crate::commands::{database, open_store};
 use crate::config::{self, Config};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -43,7 +43,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .clone()
         .filter(|k| !k.is_empty())
         .or_else(|| config.server.admin_key.as_ref().map(|k| k.expose().to_string()));
-    let Database::Sqlite(path) = database(&url)?;
+    let database = database(&url)?;
 
     let (clock, test_clock): (Arc<dyn Clock>, Option<Arc<ManualClock>>) = if args.test_clock {
         let manual = Arc::new(ManualClock::new(Timestamp::now()));
@@ -53,8 +53,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         (Arc::new(SystemClock), None)
     };
 
-    let store = Arc::new(open_sqlite(&path, config.engine(), clock.clone())?);
-    tracing::info!(database = %url, "store open");
+    let store = open_store(&database, config.engine(), clock.clone())?;
+    tracing::info!(database = %database, "store open");
     sync_models(store.as_ref(), &config.models).await?;
     sync_plans(store.as_ref(), &config.core_plans()).await?;
 

@@ -467,19 +467,6 @@ fn a_gateway_key_from_the_cli_meters_against_a_running_server() {
 }
 
 #[test]
-fn postgres_urls_are_refused_with_exit_code_2() {
-    let dir = tempfile::tempdir().unwrap();
-    for args in [
-        &["serve", "--db", "postgres://localhost/creditd", "--listen", "127.0.0.1:0"][..],
-        &["migrate", "--db", "postgresql://localhost/creditd"][..],
-    ] {
-        let out = run(dir.path(), args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains("PostgreSQL support is not built yet"), "{}", text(&out.stderr));
-    }
-}
-
-#[test]
 fn a_bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -17,8 +17,9 @@ use creditd_core::subscription::{Subscription, SubscriptionKind};
 use creditd_core::units::{Credits, Usd};
 
 use super::{Pending, Writer, new_id, run_op};
-use crate::sqlite::payments::{self as rows, RefundRow};
-use crate::sqlite::rows as core_rows;
+use crate::sql::payments::{self as rows, RefundRow};
+use crate::sql::rows as core_rows;
+use crate::sql::{DbExt, WriterDb, params};
 use crate::{
     Command, Payment, PaymentKind, Reply, StoreError, WebhookAction, WebhookEvent, WebhookEventIn, WebhookStatus,
 };
@@ -62,10 +63,10 @@ impl Added {
     }
 }
 
-impl Writer {
+impl<C: WriterDb> Writer<C> {
     fn payment_exists(&self, provider: &str, external_id: &str) -> Result<bool, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT 1 FROM payments WHERE provider = ?1 AND external_id = ?2")?;
-        Ok(stmt.exists([provider, external_id])?)
+        self.conn
+            .exists("SELECT 1 FROM payments WHERE provider = ?1 AND external_id = ?2", params![provider, external_id])
     }
 
     /// An API top-up or purchase naming a payment recorded before: `409 conflict`.
@@ -279,6 +280,17 @@ impl Writer {
                     return Ok(Outcome::Skipped { status: WebhookStatus::Ignored, reason });
                 };
                 found.account_id = Some(payment.account_id.clone());
+                // Where other writers share the database, one may be applying
+                // this refund, or another of the same payment: lock the
+                // payment's account, then look again at what was refunded.
+                if self.conn.lock_account(&payment.account_id)? {
+                    self.cache.pop(&payment.account_id);
+                }
+                if rows::refund_exists(&self.conn, provider, &refund_id)? {
+                    let reason = format!("refund {refund_id:?} of {provider} was already applied");
+                    return Ok(Outcome::Skipped { status: WebhookStatus::Duplicate, reason });
+                }
+                let payment = rows::payment_by_id(&self.conn, provider, &payment.external_id)?.unwrap_or(payment);
                 self.refund(&payment, &refund_id, share, reason, background)
             }
         }
@@ -315,15 +327,15 @@ impl Writer {
         } else {
             // The effect in a savepoint of its own: a refusal part way
             // leaves nothing behind, and the event is still recorded.
-            self.exec("SAVEPOINT effect")?;
+            self.conn.control("SAVEPOINT effect")?;
             let result = self.webhook_effect(&record.provider, action, &mut found, background);
             let result = match result {
                 Ok(Outcome::Applied { pending, reason }) => {
-                    self.exec("RELEASE effect").map(|()| Outcome::Applied { pending, reason })
+                    self.conn.control("RELEASE effect").map(|()| Outcome::Applied { pending, reason })
                 }
                 other => {
-                    self.exec("ROLLBACK TO effect")?;
-                    self.exec("RELEASE effect")?;
+                    self.conn.control("ROLLBACK TO effect")?;
+                    self.conn.control("RELEASE effect")?;
                     other
                 }
             };
@@ -359,14 +371,15 @@ mod tests {
     use std::sync::Arc;
 
     use creditd_core::PlanBook;
+    use rusqlite::Connection;
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::sqlite::writer::{Job, Stats};
+    use crate::sql::writer::{Job, Stats};
     use crate::sqlite::{open_writer_connection, schema};
     use crate::{EngineConfig, ManualClock, WriterLimits};
 
-    fn writer(dir: &tempfile::TempDir) -> Writer {
+    fn writer(dir: &tempfile::TempDir) -> Writer<Connection> {
         let conn = open_writer_connection(&dir.path().join("w.db")).expect("open");
         schema::migrate(&conn).expect("migrate");
         let clock = Arc::new(ManualClock::new("2026-03-01T00:00:00Z".parse().expect("time")));
@@ -375,7 +388,7 @@ mod tests {
         Writer::new(conn, EngineConfig::default(), limits, clock, HashMap::new(), PlanBook::default(), stats)
     }
 
-    fn run(w: &mut Writer, commands: Vec<Command>) -> Vec<Result<Reply, StoreError>> {
+    fn run(w: &mut Writer<Connection>, commands: Vec<Command>) -> Vec<Result<Reply, StoreError>> {
         let (jobs, answers): (Vec<_>, Vec<_>) = commands
             .into_iter()
             .map(|command| {
@@ -411,7 +424,7 @@ mod tests {
         }
     }
 
-    fn wallet(w: &Writer) -> i64 {
+    fn wallet(w: &Writer<Connection>) -> i64 {
         w.conn.query_row("SELECT wallet_balance FROM accounts WHERE id = 'a'", [], |r| r.get(0)).expect("wallet")
     }
 

@@ -4,7 +4,8 @@
 //! recorded_at, seq)` for one account, `usage_by_recorded_at (recorded_at,
 //! seq)` for the admin-wide export. The other filters only drop rows of that
 //! range. Filters that are absent stay in the statement as `?N IS NULL`, so
-//! parameters keep their numbers and SQLite evaluates those terms once.
+//! parameters keep their numbers and the database evaluates those terms
+//! once (cast, so that PostgreSQL knows the parameter's type).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,12 +16,12 @@ use creditd_core::pricing::{RequestStatus, Usage};
 use creditd_core::units::{Credits, Usd};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use rusqlite::types::Value;
-use rusqlite::{Connection, params_from_iter};
 
 use super::codec::{self, Corrupt};
-use super::reader::{ReadPool, bad_cursor, limit, paged};
+use super::reader::{bad_cursor, limit, paged};
 use super::rows::{self, USAGE_COLUMNS};
+use super::store::{ReadPool, read};
+use super::{Db, DbExt, Param, Row};
 use crate::{
     EXPORT_BATCH_ROWS, ExportSink, GroupBy, Page, Paged, PortionRef, SUMMARY_ROWS_MAX, StoreError, SummaryRow,
     UsageBatch, UsageFields, UsageFilter, UsageSummary, UsageTotals,
@@ -32,14 +33,14 @@ const FILTER_PARAMS: usize = 8;
 /// `WHERE` terms for the account (`?1`) and the filter (`?2`…`?8`).
 fn filter_sql(account: bool, filter: &UsageFilter) -> String {
     let terms = [
-        (account, "account_id = ?1", "?1 IS NULL"),
-        (filter.from.is_some(), "recorded_at >= ?2", "?2 IS NULL"),
-        (filter.to.is_some(), "recorded_at < ?3", "?3 IS NULL"),
-        (filter.model.is_some(), "model = ?4", "?4 IS NULL"),
-        (filter.request_type.is_some(), "request_type = ?5", "?5 IS NULL"),
-        (filter.project.is_some(), "project = ?6", "?6 IS NULL"),
-        (filter.conversation.is_some(), "conversation = ?7", "?7 IS NULL"),
-        (filter.status.is_some(), "status = ?8", "?8 IS NULL"),
+        (account, "account_id = ?1", "CAST(?1 AS TEXT) IS NULL"),
+        (filter.from.is_some(), "recorded_at >= ?2", "CAST(?2 AS BIGINT) IS NULL"),
+        (filter.to.is_some(), "recorded_at < ?3", "CAST(?3 AS BIGINT) IS NULL"),
+        (filter.model.is_some(), "model = ?4", "CAST(?4 AS TEXT) IS NULL"),
+        (filter.request_type.is_some(), "request_type = ?5", "CAST(?5 AS TEXT) IS NULL"),
+        (filter.project.is_some(), "project = ?6", "CAST(?6 AS TEXT) IS NULL"),
+        (filter.conversation.is_some(), "conversation = ?7", "CAST(?7 AS TEXT) IS NULL"),
+        (filter.status.is_some(), "status = ?8", "CAST(?8 AS TEXT) IS NULL"),
     ];
     let mut sql = String::new();
     for (i, (given, term, absent)) in terms.into_iter().enumerate() {
@@ -51,25 +52,25 @@ fn filter_sql(account: bool, filter: &UsageFilter) -> String {
     sql
 }
 
-fn text(value: &Option<String>) -> Value {
-    value.clone().map_or(Value::Null, Value::Text)
+fn text(value: &Option<String>) -> Param<'_> {
+    value.as_deref().map_or(Param::Null, Param::Text)
 }
 
-fn micros(value: Option<Timestamp>) -> Value {
-    value.map_or(Value::Null, |t| Value::Integer(codec::micros(t)))
+fn micros(value: Option<Timestamp>) -> Param<'static> {
+    value.map_or(Param::Null, |t| Param::Int(codec::micros(t)))
 }
 
 /// The values of `?1`…`?8`, then `extra`.
-fn filter_params(account_id: Option<&str>, filter: &UsageFilter, extra: &[Value]) -> Vec<Value> {
+fn filter_params<'a>(account_id: Option<&'a str>, filter: &'a UsageFilter, extra: &[Param<'a>]) -> Vec<Param<'a>> {
     let mut values = Vec::with_capacity(FILTER_PARAMS + extra.len());
-    values.push(account_id.map_or(Value::Null, |a| Value::Text(a.to_string())));
+    values.push(account_id.map_or(Param::Null, Param::Text));
     values.push(micros(filter.from));
     values.push(micros(filter.to));
     values.push(text(&filter.model));
     values.push(text(&filter.request_type));
     values.push(text(&filter.project));
     values.push(text(&filter.conversation));
-    values.push(filter.status.map_or(Value::Null, |s| Value::Text(s.as_str().to_string())));
+    values.push(filter.status.map_or(Param::Null, |s| Param::Text(s.as_str())));
     values.extend_from_slice(extra);
     values
 }
@@ -85,7 +86,7 @@ fn parse_cursor(cursor: &str) -> Result<Position, StoreError> {
 
 /// A usage row (`USAGE_COLUMNS, seq`) and its position: `recorded_at` is
 /// the record's last column, `seq` follows it.
-fn positioned(row: &rusqlite::Row<'_>) -> rusqlite::Result<(UsageRecord, Position)> {
+fn positioned(row: &dyn Row) -> Result<(UsageRecord, Position), StoreError> {
     let record = rows::usage(row)?;
     Ok((record, (row.get(35)?, row.get(36)?)))
 }
@@ -96,7 +97,7 @@ fn positioned(row: &rusqlite::Row<'_>) -> rusqlite::Result<(UsageRecord, Positio
 /// back, is simply met later; no existing record moves, so none repeats or
 /// goes missing.
 pub fn list(
-    conn: &Connection,
+    conn: &dyn Db,
     account_id: &str,
     filter: &UsageFilter,
     page: &Page,
@@ -116,52 +117,38 @@ pub fn list(
     sql.push_str(if before.is_some() {
         " AND (recorded_at, seq) < (?9, ?10)"
     } else {
-        " AND ?9 IS NULL AND ?10 IS NULL"
+        " AND CAST(?9 AS BIGINT) IS NULL AND CAST(?10 AS BIGINT) IS NULL"
     });
     sql.push_str(" ORDER BY recorded_at DESC, seq DESC LIMIT ?11");
-    let (at, seq) = before.map_or((Value::Null, Value::Null), |(a, s)| (Value::Integer(a), Value::Integer(s)));
-    let values = filter_params(Some(account_id), filter, &[at, seq, Value::Integer(i64::from(n) + 1)]);
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let data = stmt.query_map(params_from_iter(values), positioned)?.collect::<Result<Vec<_>, _>>()?;
+    let [at, seq] = position_values(before);
+    let values = filter_params(Some(account_id), filter, &[at, seq, Param::Int(i64::from(n) + 1)]);
+    let data = conn.query_vec(&sql, &values, positioned)?;
     let page = paged(data, n, |(_, (at, seq))| format!("{at}:{seq}"));
     Ok(Paged { data: page.data.into_iter().map(|(r, _)| r).collect(), next_cursor: page.next_cursor })
 }
 
 /// How many records match (for a progress bar).
-pub fn count(conn: &Connection, account_id: Option<&str>, filter: &UsageFilter) -> Result<u64, StoreError> {
+pub fn count(conn: &dyn Db, account_id: Option<&str>, filter: &UsageFilter) -> Result<u64, StoreError> {
     let sql = format!("SELECT COUNT(*) FROM usage_records WHERE {}", filter_sql(account_id.is_some(), filter));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let n: i64 = stmt.query_row(params_from_iter(filter_params(account_id, filter, &[])), |row| row.get(0))?;
+    let n = conn.query_one(&sql, &filter_params(account_id, filter, &[]), |row| row.get::<i64>(0))?;
     Ok(codec::to_u64(n)?)
 }
 
 /// The newest record's `seq`: an export sends nothing written after it starts.
-fn max_seq(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM usage_records", [], |row| row.get(0))?)
+fn max_seq(conn: &dyn Db) -> Result<i64, StoreError> {
+    conn.query_one("SELECT COALESCE(MAX(seq), 0) FROM usage_records", &[], |row| row.get::<i64>(0))
 }
 
-fn bad(c: Corrupt) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(c))
+fn count_at(row: &dyn Row, i: usize) -> Result<u64, StoreError> {
+    Ok(codec::to_u64(row.get(i)?)?)
 }
 
-fn count_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
-    codec::to_u64(row.get(i)?).map_err(bad)
+fn opt_count_at(row: &dyn Row, i: usize) -> Result<Option<u64>, StoreError> {
+    Ok(row.get::<Option<i64>>(i)?.map(codec::to_u64).transpose()?)
 }
 
-fn opt_count_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
-    row.get::<_, Option<i64>>(i)?.map(codec::to_u64).transpose().map_err(bad)
-}
-
-fn opt_time_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Timestamp>> {
-    row.get::<_, Option<i64>>(i)?.map(codec::timestamp).transpose().map_err(bad)
-}
-
-fn str_at<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
-    Ok(row.get_ref(i)?.as_str()?)
-}
-
-fn opt_str_at<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'r str>> {
-    Ok(row.get_ref(i)?.as_str_or_null()?)
+fn opt_time_at(row: &dyn Row, i: usize) -> Result<Option<Timestamp>, StoreError> {
+    Ok(row.get::<Option<i64>>(i)?.map(codec::timestamp).transpose()?)
 }
 
 /// The tool names of `codec::encode_tools` text, borrowed.
@@ -218,18 +205,18 @@ const EXPORT_COLUMNS: &str = "account_id, request_id, '', hold_id, request_type,
 
 /// Appends a row (`EXPORT_COLUMNS`) to `batch`, checked as
 /// `rows::usage` checks it but without an owned record; returns its position.
-fn push_row(batch: &mut UsageBatch, row: &rusqlite::Row<'_>) -> rusqlite::Result<Position> {
-    let status_text = str_at(row, 7)?;
-    let status = RequestStatus::parse(status_text).ok_or_else(|| bad(Corrupt(format!("status {status_text:?}"))))?;
+fn push_row(batch: &mut UsageBatch, row: &dyn Row) -> Result<Position, StoreError> {
+    let status_text = row.str(7)?;
+    let status = RequestStatus::parse(status_text).ok_or_else(|| Corrupt(format!("status {status_text:?}")))?;
     let recorded_at: i64 = row.get(35)?;
     let fields = UsageFields {
-        account_id: str_at(row, 0)?,
-        request_id: str_at(row, 1)?,
+        account_id: row.str(0)?,
+        request_id: row.str(1)?,
         // Not read (`EXPORT_COLUMNS`): no export shows it.
         fingerprint: "",
-        hold_id: opt_str_at(row, 3)?,
-        request_type: str_at(row, 4)?,
-        model: str_at(row, 5)?,
+        hold_id: row.text(3)?,
+        request_type: row.str(4)?,
+        model: row.str(5)?,
         price_version: row.get(6)?,
         status,
         usage: Usage {
@@ -243,9 +230,9 @@ fn push_row(batch: &mut UsageBatch, row: &rusqlite::Row<'_>) -> rusqlite::Result
             system_tokens: count_at(row, 15)?,
             context_tokens: count_at(row, 16)?,
         },
-        project: opt_str_at(row, 17)?,
-        conversation: opt_str_at(row, 18)?,
-        region: opt_str_at(row, 19)?,
+        project: row.text(17)?,
+        conversation: row.text(18)?,
+        region: row.text(19)?,
         started_at: opt_time_at(row, 20)?,
         finished_at: opt_time_at(row, 21)?,
         latency_ms: opt_count_at(row, 22)?,
@@ -253,15 +240,15 @@ fn push_row(batch: &mut UsageBatch, row: &rusqlite::Row<'_>) -> rusqlite::Result
         iterations: opt_count_at(row, 24)?,
         external_calls: opt_count_at(row, 25)?,
         context_bytes: opt_count_at(row, 26)?,
-        metadata: opt_str_at(row, 28)?,
+        metadata: row.text(28)?,
         cost_usd: Usd::from_units(row.get(29)?),
         credits: Credits::from_units(row.get(30)?),
         debt_incurred: Credits::from_units(row.get(32)?),
         hold_expired: row.get(33)?,
         refunded: row.get(34)?,
-        recorded_at: codec::timestamp(recorded_at).map_err(bad)?,
+        recorded_at: codec::timestamp(recorded_at)?,
     };
-    batch.try_push(&fields, tools(str_at(row, 27)?), portions(str_at(row, 31)?)).map_err(bad)?;
+    batch.try_push(&fields, tools(row.str(27)?), portions(row.str(31)?))?;
     Ok((recorded_at, row.get(36)?))
 }
 
@@ -283,12 +270,12 @@ impl Chunk {
     /// trading the ordered index for a rowid range plus a sort.)
     fn query(
         &self,
-        conn: &Connection,
+        conn: &dyn Db,
         columns: &str,
         until: Option<Position>,
         offset: usize,
         limit: usize,
-        mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<(), StoreError>,
+        mut each: impl FnMut(&dyn Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut filter = (*self.filter).clone();
         // Past `from`, the position is the only lower bound (see `list`).
@@ -304,33 +291,28 @@ impl Chunk {
         sql.push_str(if self.after.is_some() {
             " AND (recorded_at, seq) > (?10, ?11)"
         } else {
-            " AND ?10 IS NULL AND ?11 IS NULL"
+            " AND CAST(?10 AS BIGINT) IS NULL AND CAST(?11 AS BIGINT) IS NULL"
         });
         sql.push_str(if until.is_some() {
             " AND (recorded_at, seq) <= (?12, ?13)"
         } else {
-            " AND ?12 IS NULL AND ?13 IS NULL"
+            " AND CAST(?12 AS BIGINT) IS NULL AND CAST(?13 AS BIGINT) IS NULL"
         });
         sql.push_str(" ORDER BY recorded_at, seq LIMIT ?14 OFFSET ?15");
-        let number = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        let number = |n: usize| Param::Int(i64::try_from(n).unwrap_or(i64::MAX));
         let [after_at, after_seq] = position_values(self.after);
         let [until_at, until_seq] = position_values(until);
         let values = filter_params(
             self.account_id.as_deref(),
             &filter,
-            &[Value::Integer(self.max_seq), after_at, after_seq, until_at, until_seq, number(limit), number(offset)],
+            &[Param::Int(self.max_seq), after_at, after_seq, until_at, until_seq, number(limit), number(offset)],
         );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params_from_iter(values))?;
-        while let Some(row) = rows.next()? {
-            each(row)?;
-        }
-        Ok(())
+        conn.query_each(&sql, &values, &mut each)
     }
 
     /// The chunk's rows, at most `EXPORT_BATCH_ROWS`, up to `until`, and
     /// the position of the last.
-    fn read(&self, conn: &Connection, until: Option<Position>) -> Result<(UsageBatch, Option<Position>), StoreError> {
+    fn read(&self, conn: &dyn Db, until: Option<Position>) -> Result<(UsageBatch, Option<Position>), StoreError> {
         let mut batch = UsageBatch::with_capacity(EXPORT_BATCH_ROWS, EXPORT_BATCH_ROWS * ROW_TEXT_BYTES);
         let mut last = None;
         self.query(conn, EXPORT_COLUMNS, until, 0, EXPORT_BATCH_ROWS, |row| {
@@ -342,7 +324,7 @@ impl Chunk {
 
     /// The position of the chunk's last row when it is full, from the
     /// index alone; `None` when fewer than `EXPORT_BATCH_ROWS` rows are left.
-    fn end(&self, conn: &Connection) -> Result<Option<Position>, StoreError> {
+    fn end(&self, conn: &dyn Db) -> Result<Option<Position>, StoreError> {
         let mut end = None;
         self.query(conn, "recorded_at, seq", None, EXPORT_BATCH_ROWS - 1, 1, |row| {
             end = Some((row.get(0)?, row.get(1)?));
@@ -352,8 +334,8 @@ impl Chunk {
     }
 }
 
-fn position_values(p: Option<Position>) -> [Value; 2] {
-    p.map_or([Value::Null, Value::Null], |(a, s)| [Value::Integer(a), Value::Integer(s)])
+fn position_values(p: Option<Position>) -> [Param<'static>; 2] {
+    p.map_or([Param::Null, Param::Null], |(a, s)| [Param::Int(a), Param::Int(s)])
 }
 
 /// Whether every filter is a column of the index an export reads
@@ -371,24 +353,13 @@ fn index_only(filter: &UsageFilter) -> bool {
 /// read connections decode rows side by side while the consumer writes.
 const CHUNKS_IN_FLIGHT: usize = 2;
 
-/// Runs a read on a pooled connection on a blocking thread.
-async fn read<T: Send + 'static>(
-    readers: &Arc<ReadPool>,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let readers = readers.clone();
-    tokio::task::spawn_blocking(move || readers.with(f))
-        .await
-        .map_err(|e| StoreError::Internal(format!("a read failed: {e}")))?
-}
-
 /// The export (see `Store::export`). Each batch is its own short read, so
 /// a slow consumer holds no connection and no snapshot (the WAL can be
 /// checkpointed meanwhile); the `seq` bound taken at the start keeps later
 /// records out, and the keyset position keeps every batch in order. At
 /// most `CHUNKS_IN_FLIGHT` chunks are read ahead of the sink.
-pub async fn export(
-    readers: Arc<ReadPool>,
+pub async fn export<C: Db + Send + 'static>(
+    readers: Arc<ReadPool<C>>,
     account_id: Option<String>,
     filter: UsageFilter,
     sink: ExportSink,
@@ -402,20 +373,20 @@ pub async fn export(
 
 type ChunkRead = tokio::task::JoinHandle<Result<(UsageBatch, Option<Position>), StoreError>>;
 
-async fn export_batches(
-    readers: &Arc<ReadPool>,
+async fn export_batches<C: Db + Send + 'static>(
+    readers: &Arc<ReadPool<C>>,
     account_id: Option<String>,
     filter: UsageFilter,
     sink: &ExportSink,
 ) -> Result<u64, StoreError> {
-    let max_seq = read(readers, max_seq).await?;
+    let max_seq = read(readers, |conn: &C| max_seq(conn)).await?;
     let parallel = index_only(&filter);
     let account_id: Option<Arc<str>> = account_id.map(Arc::from);
     let filter = Arc::new(filter);
     let chunk = |after| Chunk { account_id: account_id.clone(), filter: filter.clone(), max_seq, after };
     let start = |chunk: Chunk, until: Option<Position>| -> ChunkRead {
         let readers = readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(|conn| chunk.read(conn, until)))
+        tokio::task::spawn_blocking(move || readers.with(|conn: &C| chunk.read(conn, until)))
     };
     let mut pending: VecDeque<ChunkRead> = VecDeque::new();
     let mut next: Option<Position> = None;
@@ -429,7 +400,7 @@ async fn export_batches(
             // Where the next chunks end, from the index; then read them side by side.
             while !exhausted && pending.len() < CHUNKS_IN_FLIGHT {
                 let probe = chunk(next);
-                let until = read(readers, move |conn| probe.end(conn)).await?;
+                let until = read(readers, move |conn: &C| probe.end(conn)).await?;
                 pending.push_back(start(chunk(next), until));
                 match until {
                     Some(end) => next = Some(end),
@@ -465,32 +436,35 @@ fn add(into: &mut UsageTotals, row: UsageTotals) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn count_column(row: &rusqlite::Row<'_>, i: usize) -> Result<u64, StoreError> {
-    Ok(codec::to_u64(row.get::<_, Option<i64>>(i)?.unwrap_or(0))?)
+fn count_column(row: &dyn Row, i: usize) -> Result<u64, StoreError> {
+    Ok(codec::to_u64(row.get::<Option<i64>>(i)?.unwrap_or(0))?)
 }
 
 /// Totals from columns `first…first+6`: requests, the four token classes,
 /// credits, cost.
-fn totals(row: &rusqlite::Row<'_>, first: usize) -> Result<UsageTotals, StoreError> {
+fn totals(row: &dyn Row, first: usize) -> Result<UsageTotals, StoreError> {
     Ok(UsageTotals {
         requests: count_column(row, first)?,
         input_tokens: count_column(row, first + 1)?,
         cache_read_tokens: count_column(row, first + 2)?,
         cache_write_tokens: count_column(row, first + 3)?,
         output_tokens: count_column(row, first + 4)?,
-        credits: Credits::from_units(row.get::<_, Option<i64>>(first + 5)?.unwrap_or(0)),
-        cost_usd: Usd::from_units(row.get::<_, Option<i64>>(first + 6)?.unwrap_or(0)),
+        credits: Credits::from_units(row.get::<Option<i64>>(first + 5)?.unwrap_or(0)),
+        cost_usd: Usd::from_units(row.get::<Option<i64>>(first + 6)?.unwrap_or(0)),
     })
 }
 
-const SUMS: &str = "COUNT(*), SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), \
-     SUM(output_tokens), SUM(credits), SUM(cost_usd)";
+/// Sums are cast back to `BIGINT` (PostgreSQL sums `BIGINT`s as `NUMERIC`).
+const SUMS: &str = "COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), \
+     CAST(SUM(cache_write_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(credits) AS BIGINT), \
+     CAST(SUM(cost_usd) AS BIGINT)";
 
 /// The account's usage grouped by `group_by`. Columns are grouped by
-/// SQLite; days are summed here, row by row in time order, because a day
-/// in the billing zone is 23, 24 or 25 hours long and SQLite knows no zones.
+/// the database; days are summed here, row by row in time order, because a
+/// day in the billing zone is 23, 24 or 25 hours long and SQLite knows no
+/// zones.
 pub fn summary(
-    conn: &Connection,
+    conn: &dyn Db,
     account_id: &str,
     filter: &UsageFilter,
     group_by: &GroupBy,
@@ -509,24 +483,24 @@ pub fn summary(
         filter_sql(true, filter)
     );
     let cap = i64::try_from(SUMMARY_ROWS_MAX).unwrap_or(i64::MAX) + 1;
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut query = stmt.query(params_from_iter(filter_params(Some(account_id), filter, &[Value::Integer(cap)])))?;
     let mut summary = UsageSummary::default();
-    while let Some(row) = query.next()? {
+    conn.query_each(&sql, &filter_params(Some(account_id), filter, &[Param::Int(cap)]), &mut |row| {
+        // The statement returns at most one row more than is kept.
         if summary.rows.len() == SUMMARY_ROWS_MAX {
             summary.truncated = true;
-            break;
+            return Ok(());
         }
         let row = SummaryRow { key: row.get(0)?, totals: totals(row, 1)? };
         add(&mut summary.total, row.totals)?;
         summary.rows.push(row);
-    }
+        Ok(())
+    })?;
     if summary.truncated {
         let sql = format!("SELECT {SUMS} FROM usage_records WHERE {}", filter_sql(true, filter));
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut query = stmt.query(params_from_iter(filter_params(Some(account_id), filter, &[])))?;
-        if let Some(row) = query.next()? {
-            summary.total = totals(row, 0)?;
+        if let Some(total) =
+            conn.query_opt(&sql, &filter_params(Some(account_id), filter, &[]), |row| totals(row, 0))?
+        {
+            summary.total = total;
         }
     }
     Ok(summary)
@@ -549,18 +523,16 @@ impl Day {
 }
 
 fn summary_by_day(
-    conn: &Connection,
+    conn: &dyn Db,
     account_id: &str,
     filter: &UsageFilter,
     tz: &TimeZone,
 ) -> Result<UsageSummary, StoreError> {
     let sql = format!(
-        "SELECT recorded_at, 1, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, credits, cost_usd \
+        "SELECT recorded_at, CAST(1 AS BIGINT), input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, credits, cost_usd \
          FROM usage_records WHERE {} ORDER BY recorded_at",
         filter_sql(true, filter)
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut query = stmt.query(params_from_iter(filter_params(Some(account_id), filter, &[])))?;
     let mut summary = UsageSummary::default();
     let mut current: Option<(Day, UsageTotals)> = None;
     let close = |summary: &mut UsageSummary, day: Day, totals: UsageTotals| {
@@ -570,7 +542,7 @@ fn summary_by_day(
             summary.rows.push(SummaryRow { key: Some(day.key), totals });
         }
     };
-    while let Some(row) = query.next()? {
+    conn.query_each(&sql, &filter_params(Some(account_id), filter, &[]), &mut |row| {
         let at: i64 = row.get(0)?;
         let one = totals(row, 1)?;
         add(&mut summary.total, one)?;
@@ -584,7 +556,8 @@ fn summary_by_day(
         if let Some((_, totals)) = current.as_mut() {
             add(totals, one)?;
         }
-    }
+        Ok(())
+    })?;
     if let Some((day, totals)) = current.take() {
         close(&mut summary, day, totals);
     }

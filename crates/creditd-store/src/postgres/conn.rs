@@ -1,0 +1,430 @@
+//! [`Db`] and [`WriterDb`] over a tokio-postgres connection, driven from a
+//! plain thread (the writer's, or a blocking reader's) by a private
+//! single-threaded runtime.
+//!
+//! Writes whose row count nobody reads, and transaction control, are not
+//! sent one by one: they wait in order and go out in one pipeline together
+//! with the next read or the commit, so a metering command costs about one
+//! round trip per read it needs instead of one per statement. An error in
+//! that pipeline fails the whole batch; the writer then runs each command
+//! again alone, where the error is its own.
+//!
+//! Other instances may write the same database, so a batch locks the rows
+//! of the accounts it changes (`FOR NO KEY UPDATE`, in id order, so that two
+//! batches never wait for each other in a circle) and compares each
+//! account's `version` with the one this writer last saw: a difference means
+//! another instance changed it, and the cached state is dropped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::error::Error;
+
+use futures_util::future::join_all;
+use tokio::runtime::Runtime;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::StoreError;
+use crate::sql::{Begun, Db, Param, Row, WriterDb};
+
+/// Versions remembered at most; past that they are forgotten, and the next
+/// touch of each account reloads it once.
+const VERSIONS_MAX: usize = 200_000;
+
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Internal(format!("postgres: {}: {}", db.code().code(), db.message())),
+        None => StoreError::Internal(format!("postgres: {e}")),
+    }
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match *self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::Int(n) => match *ty {
+                Type::INT8 => n.to_sql(ty, out),
+                Type::INT4 => i32::try_from(n)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(n)?.to_sql(ty, out),
+                Type::BOOL => (n != 0).to_sql(ty, out),
+                _ => Err(format!("an integer given for a {ty} parameter").into()),
+            },
+            Param::Text(s) if <&str as ToSql>::accepts(ty) => s.to_sql(ty, out),
+            Param::Blob(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
+            other => Err(format!("{other:?} given for a {ty} parameter").into()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A [`Param`] kept until a deferred write is sent.
+#[derive(Debug)]
+enum Owned {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Owned {
+    fn of(p: &Param<'_>) -> Owned {
+        match *p {
+            Param::Null => Owned::Null,
+            Param::Int(n) => Owned::Int(n),
+            Param::Text(s) => Owned::Text(s.to_string()),
+            Param::Blob(b) => Owned::Blob(b.to_vec()),
+        }
+    }
+
+    fn param(&self) -> Param<'_> {
+        match self {
+            Owned::Null => Param::Null,
+            Owned::Int(n) => Param::Int(*n),
+            Owned::Text(s) => Param::Text(s),
+            Owned::Blob(b) => Param::Blob(b),
+        }
+    }
+}
+
+/// A statement waiting to be sent.
+enum Deferred {
+    Control(String),
+    Write(Statement, Vec<Owned>),
+}
+
+fn wrong_type(i: usize, wanted: &str, ty: &Type) -> StoreError {
+    StoreError::Internal(format!("column {i}: expected {wanted}, found {ty}"))
+}
+
+impl Row for tokio_postgres::Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        let ty =
+            self.columns().get(i).map(|c| c.type_().clone()).ok_or_else(|| wrong_type(i, "a column", &Type::VOID))?;
+        let value = match ty {
+            Type::INT8 => self.try_get::<_, Option<i64>>(i),
+            Type::INT4 => self.try_get::<_, Option<i32>>(i).map(|v| v.map(i64::from)),
+            Type::INT2 => self.try_get::<_, Option<i16>>(i).map(|v| v.map(i64::from)),
+            Type::BOOL => self.try_get::<_, Option<bool>>(i).map(|v| v.map(i64::from)),
+            other => return Err(wrong_type(i, "an integer", &other)),
+        };
+        value.map_err(pg_error)
+    }
+
+    fn text(&self, i: usize) -> Result<Option<&str>, StoreError> {
+        self.try_get::<_, Option<&str>>(i).map_err(pg_error)
+    }
+
+    fn blob(&self, i: usize) -> Result<Option<&[u8]>, StoreError> {
+        self.try_get::<_, Option<&[u8]>>(i).map_err(pg_error)
+    }
+}
+
+/// `?N` placeholders as PostgreSQL's `$N` (outside quoted text).
+pub fn renumber(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => out.push('$'),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// One connection to PostgreSQL.
+pub struct PgConn {
+    url: String,
+    /// `Option` only so that `Drop` can shut it down without blocking.
+    runtime: Option<Runtime>,
+    client: RefCell<Client>,
+    statements: RefCell<HashMap<String, Statement>>,
+    deferred: RefCell<Vec<Deferred>>,
+    /// A statement of the open transaction failed: it can only roll back.
+    failed: Cell<bool>,
+    /// Accounts locked by the open batch.
+    locked: RefCell<HashSet<String>>,
+    /// Each account's `version` as of this writer's last lock or commit.
+    versions: RefCell<HashMap<String, i64>>,
+    /// The price book's version as of the last batch.
+    book_version: Cell<Option<i64>>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // A runtime may not be dropped (which waits) inside another's task,
+        // and the last store handle may well go there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn").finish_non_exhaustive()
+    }
+}
+
+fn connect_client(runtime: &Runtime, url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = runtime.block_on(tokio_postgres::connect(url, NoTls)).map_err(pg_error)?;
+    runtime.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+impl PgConn {
+    /// Connects. Blocking, and like every method here, not to be called
+    /// from an async task (see `super::off_runtime`).
+    pub fn connect(url: &str) -> Result<PgConn, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Internal(format!("no runtime for a PostgreSQL connection: {e}")))?;
+        let client = connect_client(&runtime, url)?;
+        Ok(PgConn {
+            url: url.to_string(),
+            runtime: Some(runtime),
+            client: RefCell::new(client),
+            statements: RefCell::new(HashMap::new()),
+            deferred: RefCell::new(Vec::new()),
+            failed: Cell::new(false),
+            locked: RefCell::new(HashSet::new()),
+            versions: RefCell::new(HashMap::new()),
+            book_version: Cell::new(None),
+        })
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime.as_ref().expect("the runtime lives as long as the connection")
+    }
+
+    /// Connects again if the server closed the connection (a restart).
+    fn ensure_connected(&self) -> Result<(), StoreError> {
+        if !self.client.borrow().is_closed() {
+            return Ok(());
+        }
+        tracing::warn!("reconnecting to PostgreSQL");
+        *self.client.borrow_mut() = connect_client(self.runtime(), &self.url)?;
+        self.statements.borrow_mut().clear();
+        self.versions.borrow_mut().clear();
+        self.book_version.set(None);
+        Ok(())
+    }
+
+    /// Runs statements without parameters now (the simple protocol:
+    /// several may be given, separated by `;`).
+    pub fn simple(&self, sql: &str) -> Result<(), StoreError> {
+        self.flush()?;
+        let client = self.client.borrow();
+        self.runtime().block_on(client.batch_execute(sql)).map_err(|e| self.fail(e))
+    }
+
+    fn fail(&self, e: tokio_postgres::Error) -> StoreError {
+        self.failed.set(true);
+        pg_error(e)
+    }
+
+    fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(stmt) = self.statements.borrow().get(sql) {
+            return Ok(stmt.clone());
+        }
+        let client = self.client.borrow();
+        let stmt = self.runtime().block_on(client.prepare(&renumber(sql))).map_err(|e| self.fail(e))?;
+        self.statements.borrow_mut().insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Sends the deferred statements, and then `then` on the same pipeline.
+    fn flush_then<T>(
+        &self,
+        then: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        if self.failed.get() {
+            return Err(StoreError::Internal("the transaction already failed".into()));
+        }
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        let client = self.client.borrow();
+        let client = &*client;
+        let (sent, result) = self.runtime().block_on(async {
+            let params: Vec<Vec<Param<'_>>> = deferred
+                .iter()
+                .map(|d| match d {
+                    Deferred::Write(_, owned) => owned.iter().map(Owned::param).collect(),
+                    Deferred::Control(_) => Vec::new(),
+                })
+                .collect();
+            let refs: Vec<Vec<&(dyn ToSql + Sync)>> =
+                params.iter().map(|ps| ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect()).collect();
+            let sends = deferred.iter().zip(&refs).map(|(d, refs)| async move {
+                match d {
+                    Deferred::Write(stmt, _) => client.execute(stmt, refs).await.map(drop),
+                    Deferred::Control(sql) => client.batch_execute(sql).await,
+                }
+            });
+            // Joined futures are polled in order, and tokio-postgres sends a
+            // request when it is first polled: one pipeline, in order.
+            futures_util::future::join(join_all(sends), then(client)).await
+        });
+        for outcome in sent {
+            outcome.map_err(|e| self.fail(e))?;
+        }
+        result.map_err(|e| self.fail(e))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.deferred.borrow().is_empty() {
+            return if self.failed.get() {
+                Err(StoreError::Internal("the transaction already failed".into()))
+            } else {
+                Ok(())
+            };
+        }
+        self.flush_then(async |_| Ok(()))
+    }
+
+    /// Rows of a query with native parameters (arrays), after the deferred statements.
+    fn query_native(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let stmt = self.statement(sql)?;
+        self.flush_then(async |client| client.query(&stmt, params).await)
+    }
+
+    /// Notes the versions of locked accounts; returns those that changed.
+    fn note_versions(&self, rows: &[tokio_postgres::Row]) -> Result<Vec<String>, StoreError> {
+        let mut versions = self.versions.borrow_mut();
+        if versions.len() > VERSIONS_MAX {
+            versions.clear();
+        }
+        let mut locked = self.locked.borrow_mut();
+        let mut stale = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0).map_err(pg_error)?;
+            let version: i64 = row.try_get(1).map_err(pg_error)?;
+            if versions.insert(id.clone(), version) != Some(version) {
+                stale.push(id.clone());
+            }
+            locked.insert(id);
+        }
+        Ok(stale)
+    }
+}
+
+impl Db for PgConn {
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let stmt = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        self.flush_then(async |client| client.execute(&stmt, &refs).await)
+    }
+
+    fn write(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
+        let stmt = self.statement(sql)?;
+        self.deferred.borrow_mut().push(Deferred::Write(stmt, params.iter().map(Owned::of).collect()));
+        Ok(())
+    }
+
+    fn query_each(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        for row in self.query_native(sql, &refs)? {
+            each(&row)?;
+        }
+        Ok(())
+    }
+
+    fn control(&self, sql: &str) -> Result<(), StoreError> {
+        self.deferred.borrow_mut().push(Deferred::Control(sql.to_string()));
+        Ok(())
+    }
+}
+
+impl WriterDb for PgConn {
+    fn begin_batch(&self, accounts: &[&str]) -> Result<Begun, StoreError> {
+        self.ensure_connected()?;
+        self.failed.set(false);
+        self.locked.borrow_mut().clear();
+        self.control("BEGIN")?;
+        // One round trip: lock the accounts in id order and read the book's
+        // version (the row without an id).
+        let rows = self.query_native(
+            "WITH locked AS (
+                 SELECT id, version FROM accounts WHERE id = ANY(?1) ORDER BY id FOR NO KEY UPDATE
+             )
+             SELECT id, version FROM locked UNION ALL SELECT NULL, version FROM book_version",
+            &[&accounts],
+        )?;
+        let (book, locked): (Vec<_>, Vec<_>) =
+            rows.into_iter().partition(|row| row.get::<_, Option<&str>>(0).is_none());
+        let book = book.first().map(|row| row.try_get::<_, i64>(1)).transpose().map_err(pg_error)?;
+        let book_changed = self.book_version.replace(book) != book;
+        Ok(Begun { stale: self.note_versions(&locked)?, book_changed })
+    }
+
+    fn lock_account(&self, id: &str) -> Result<bool, StoreError> {
+        if self.locked.borrow().contains(id) {
+            return Ok(false);
+        }
+        let rows = self.query_native("SELECT id, version FROM accounts WHERE id = ?1 FOR NO KEY UPDATE", &[&id])?;
+        Ok(!self.note_versions(&rows)?.is_empty())
+    }
+
+    fn commit_batch(&self, touched: &[&str]) -> Result<(), StoreError> {
+        let bump =
+            self.statement("UPDATE accounts SET version = version + 1 WHERE id = ANY(?1) RETURNING id, version")?;
+        // The deferred writes, the version bump and the commit: one round trip.
+        let bumped = self.flush_then(async |client| {
+            let (bumped, committed) =
+                futures_util::future::join(client.query(&bump, &[&touched]), client.batch_execute("COMMIT")).await;
+            committed?;
+            bumped
+        })?;
+        let mut versions = self.versions.borrow_mut();
+        for row in &bumped {
+            let id: String = row.try_get(0).map_err(pg_error)?;
+            versions.insert(id, row.try_get(1).map_err(pg_error)?);
+        }
+        self.locked.borrow_mut().clear();
+        Ok(())
+    }
+
+    fn rollback_batch(&self) {
+        self.deferred.borrow_mut().clear();
+        self.locked.borrow_mut().clear();
+        self.versions.borrow_mut().clear();
+        self.failed.set(false);
+        if !self.client.borrow().is_closed() {
+            let _ = self.simple("ROLLBACK");
+        }
+    }
+
+    fn transaction_lost(&self) -> bool {
+        self.failed.get() || self.client.borrow().is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber;
+
+    #[test]
+    fn placeholders_are_renumbered_outside_text() {
+        assert_eq!(renumber("SELECT ?1, '?2', ?12 WHERE a = ?3"), "SELECT $1, '?2', $12 WHERE a = $3");
+        assert_eq!(renumber("SELECT '' || ?1"), "SELECT '' || $1");
+    }
+}

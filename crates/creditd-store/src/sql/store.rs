@@ -1,0 +1,375 @@
+//! The [`Store`] over either backend: one writer thread with its batching
+//! [`Writer`], and a small pool of read connections used from blocking
+//! threads.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use creditd_core::account::{AccountState, Grant, UsageRecord};
+use creditd_core::ledger::LedgerEntry;
+use creditd_core::plan::PlanBook;
+use creditd_core::subscription::Subscription;
+use tokio::sync::{mpsc, oneshot};
+
+use super::writer::{Job, Stats, Writer};
+use super::{Db, DbExt, WriterDb, payments, reader, rows, usage};
+use crate::{
+    AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportSink, GroupBy, Idempotent,
+    LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, UsageFilter, UsageSummary, WriterLimits,
+};
+
+/// Read connections, each used by one read at a time.
+pub struct ReadPool<C> {
+    idle: Mutex<Vec<C>>,
+    returned: Condvar,
+}
+
+/// A connection borrowed from the pool; it goes back even if the read panics.
+struct Lease<'a, C> {
+    pool: &'a ReadPool<C>,
+    conn: Option<C>,
+}
+
+impl<C> Drop for Lease<'_, C> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+impl<C: Db> ReadPool<C> {
+    pub fn new(conns: Vec<C>) -> Self {
+        ReadPool { idle: Mutex::new(conns), returned: Condvar::new() }
+    }
+
+    /// Runs `f` on an idle connection, waiting for one if all are busy.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn with<T>(&self, f: impl FnOnce(&C) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = loop {
+            match idle.pop() {
+                Some(conn) => break conn,
+                None => idle = self.returned.wait(idle).unwrap_or_else(|e| e.into_inner()),
+            }
+        };
+        drop(idle);
+        let lease = Lease { pool: self, conn: Some(conn) };
+        match &lease.conn {
+            Some(conn) => f(conn),
+            None => Err(StoreError::Internal("no read connection".into())),
+        }
+    }
+}
+
+/// Runs a read on a blocking thread.
+pub async fn read<C, T>(
+    readers: &Arc<ReadPool<C>>,
+    f: impl FnOnce(&C) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError>
+where
+    C: Db + Send + 'static,
+    T: Send + 'static,
+{
+    let readers = readers.clone();
+    tokio::task::spawn_blocking(move || readers.with(f))
+        .await
+        .map_err(|e| StoreError::Internal(format!("a read failed: {e}")))?
+}
+
+/// Writer counters: how many transactions and commands were committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    pub batches_committed: u64,
+    pub commands_committed: u64,
+    pub batches_failed: u64,
+    /// Accounts the idle sweeper has brought up to date.
+    pub background_sweeps: u64,
+}
+
+/// A database behind the batching writer. Cheap to clone: every clone shares
+/// the writer and the readers; the writer stops when the last one is dropped.
+pub struct SqlStore<C> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for SqlStore<C> {
+    fn clone(&self) -> Self {
+        SqlStore { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<C> {
+    /// `Option` so that `Drop` can close the queue before joining the writer.
+    sender: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    /// `Option` so that `Drop` can close the readers first.
+    readers: Option<Arc<ReadPool<C>>>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<Stats>,
+    /// What reads apply to bring an account to the clock.
+    config: EngineConfig,
+}
+
+impl<C> Drop for Inner<C> {
+    fn drop(&mut self) {
+        // Readers close first so that the writer's connection is the last
+        // one: SQLite then checkpoints the WAL into the database and removes it.
+        self.readers.take();
+        // Closing the queue lets the writer finish what is queued and stop;
+        // joining it means its connection is closed when drop returns.
+        self.sender.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for SqlStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl<C> SqlStore<C> {
+    /// What the writer has done so far.
+    pub fn stats(&self) -> WriterStats {
+        let s = &self.inner.stats;
+        WriterStats {
+            batches_committed: s.batches_committed.load(Ordering::Relaxed),
+            commands_committed: s.commands_committed.load(Ordering::Relaxed),
+            batches_failed: s.batches_failed.load(Ordering::Relaxed),
+            background_sweeps: s.background_sweeps.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Transactions committed by the writer: fewer than commands under load.
+    pub fn batches_committed(&self) -> u64 {
+        self.stats().batches_committed
+    }
+}
+
+impl<C: Db + Send + 'static> SqlStore<C> {
+    /// Starts the writer thread on `writer` (a migrated database) with
+    /// `readers` for reads.
+    pub fn start<W: WriterDb + Send + 'static>(
+        writer: W,
+        readers: Vec<C>,
+        config: EngineConfig,
+        limits: WriterLimits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let book = rows::load_book(&writer)?;
+        let plans = rows::load_plans(&writer)?;
+        let stats = Arc::new(Stats::default());
+        let (sender, receiver) = mpsc::channel(limits.queue_depth.max(1));
+        let writer = Writer::new(writer, config.clone(), limits, clock.clone(), book, plans, stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("creditd-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqlStore {
+            inner: Arc::new(Inner {
+                sender: Some(sender),
+                writer: Some(handle),
+                readers: Some(Arc::new(ReadPool::new(readers))),
+                clock,
+                stats,
+                config,
+            }),
+        })
+    }
+
+    fn readers(&self) -> Result<&Arc<ReadPool<C>>, StoreError> {
+        self.inner.readers.as_ref().ok_or_else(|| StoreError::Internal("the store is closed".into()))
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&C) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        read(self.readers()?, f).await
+    }
+}
+
+/// Read-only access to a database that a `creditd serve` may have open at
+/// the same time (`creditd export`): it starts no writer and never migrates.
+pub struct SqlReader<C> {
+    readers: Arc<ReadPool<C>>,
+}
+
+impl<C> Clone for SqlReader<C> {
+    fn clone(&self) -> Self {
+        SqlReader { readers: self.readers.clone() }
+    }
+}
+
+impl<C> std::fmt::Debug for SqlReader<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlReader").finish_non_exhaustive()
+    }
+}
+
+impl<C: Db + Send + 'static> SqlReader<C> {
+    pub fn new(readers: Vec<C>) -> Self {
+        SqlReader { readers: Arc::new(ReadPool::new(readers)) }
+    }
+
+    /// The account, if there is one.
+    pub async fn account(&self, id: &str) -> Result<Option<AccountRow>, StoreError> {
+        let id = id.to_string();
+        read(&self.readers, move |conn| rows::account_row(conn, &id)).await
+    }
+
+    /// See [`Store::usage_count`].
+    pub async fn usage_count(&self, account_id: Option<&str>, filter: UsageFilter) -> Result<u64, StoreError> {
+        let account_id = account_id.map(str::to_string);
+        read(&self.readers, move |conn| usage::count(conn, account_id.as_deref(), &filter)).await
+    }
+
+    /// See [`Store::export`].
+    pub async fn export(
+        &self,
+        account_id: Option<&str>,
+        filter: UsageFilter,
+        sink: ExportSink,
+    ) -> Result<u64, StoreError> {
+        usage::export(self.readers.clone(), account_id.map(str::to_string), filter, sink).await
+    }
+
+    /// See [`Store::audit`].
+    pub async fn audit(&self) -> Result<AuditReport, StoreError> {
+        read(&self.readers, |conn| reader::audit(conn)).await
+    }
+}
+
+#[async_trait]
+impl<C: Db + Send + 'static> Store for SqlStore<C> {
+    async fn execute(&self, command: Command, idempotent: Option<Idempotent>) -> Result<Reply, StoreError> {
+        let sender = self.inner.sender.as_ref().ok_or_else(|| StoreError::Internal("the store is closed".into()))?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Job { command, idempotent, reply: Some(reply) })
+            .await
+            .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Internal("the writer stopped before answering".into()))?
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_one("SELECT 1", &[], |row| row.get::<i64>(0)).map(drop)).await
+    }
+
+    async fn account(&self, id: &str) -> Result<Option<AccountRow>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| rows::account_row(conn, &id)).await
+    }
+
+    async fn accounts(&self, page: Page) -> Result<Paged<AccountRow>, StoreError> {
+        self.read(move |conn| reader::accounts(conn, &page)).await
+    }
+
+    async fn account_state(&self, id: &str) -> Result<Option<AccountState>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| rows::load_state(conn, &id)).await
+    }
+
+    async fn grants(&self, account_id: &str, include_spent: bool, page: Page) -> Result<Paged<Grant>, StoreError> {
+        let account_id = account_id.to_string();
+        let now = self.inner.clock.now();
+        let config = self.inner.config.clone();
+        self.read(move |conn| reader::grants(conn, &account_id, include_spent, &page, now, &config)).await
+    }
+
+    async fn plans(&self) -> Result<PlanBook, StoreError> {
+        self.read(|conn| rows::load_plans(conn)).await
+    }
+
+    async fn subscription(&self, account_id: &str) -> Result<Option<Subscription>, StoreError> {
+        let account_id = account_id.to_string();
+        self.read(move |conn| rows::latest_subscription(conn, &account_id)).await
+    }
+
+    async fn ledger(
+        &self,
+        account_id: &str,
+        filter: LedgerFilter,
+        page: Page,
+    ) -> Result<Paged<LedgerEntry>, StoreError> {
+        let account_id = account_id.to_string();
+        self.read(move |conn| reader::ledger(conn, &account_id, &filter, &page)).await
+    }
+
+    async fn usage_record(&self, account_id: &str, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {
+        let (account_id, request_id) = (account_id.to_string(), request_id.to_string());
+        self.read(move |conn| rows::usage_by_request(conn, &account_id, &request_id)).await
+    }
+
+    async fn usage(&self, account_id: &str, filter: UsageFilter, page: Page) -> Result<Paged<UsageRecord>, StoreError> {
+        let account_id = account_id.to_string();
+        self.read(move |conn| usage::list(conn, &account_id, &filter, &page)).await
+    }
+
+    async fn usage_summary(
+        &self,
+        account_id: &str,
+        filter: UsageFilter,
+        group_by: GroupBy,
+    ) -> Result<UsageSummary, StoreError> {
+        let account_id = account_id.to_string();
+        self.read(move |conn| usage::summary(conn, &account_id, &filter, &group_by)).await
+    }
+
+    async fn usage_count(&self, account_id: Option<&str>, filter: UsageFilter) -> Result<u64, StoreError> {
+        let account_id = account_id.map(str::to_string);
+        self.read(move |conn| usage::count(conn, account_id.as_deref(), &filter)).await
+    }
+
+    async fn export(&self, account_id: Option<&str>, filter: UsageFilter, sink: ExportSink) -> Result<u64, StoreError> {
+        usage::export(self.readers()?.clone(), account_id.map(str::to_string), filter, sink).await
+    }
+
+    async fn model(&self, id: &str) -> Result<Option<ModelVersion>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| reader::model(conn, &id)).await
+    }
+
+    async fn models(&self) -> Result<Vec<ModelVersion>, StoreError> {
+        self.read(|conn| reader::models(conn)).await
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| reader::key(conn, &id)).await
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.read(|conn| reader::keys(conn)).await
+    }
+
+    async fn account_token(&self, id: &str) -> Result<Option<AccountToken>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| reader::account_token(conn, &id)).await
+    }
+
+    async fn webhook_events(
+        &self,
+        filter: crate::WebhookEventFilter,
+        page: Page,
+    ) -> Result<Paged<crate::WebhookEvent>, StoreError> {
+        self.read(move |conn| payments::events(conn, &filter, &page)).await
+    }
+
+    async fn payment(&self, provider: &str, external_id: &str) -> Result<Option<crate::Payment>, StoreError> {
+        let (provider, external_id) = (provider.to_string(), external_id.to_string());
+        self.read(move |conn| payments::payment_by_id(conn, &provider, &external_id)).await
+    }
+
+    async fn audit(&self) -> Result<AuditReport, StoreError> {
+        self.read(|conn| reader::audit(conn)).await
+    }
+}
