@@ -1,7 +1,9 @@
 //! `creditd-bench`: measures creditd on this machine. See BENCHMARKS.md.
 //!
-//! `inprocess`: one-shot charges per second through the `Store` API on the
-//! embedded SQLite store with durable commits, N accounts, C concurrent callers.
+//! `inprocess`: one-shot charges per second through the `Store` API with
+//! durable commits, N accounts, C concurrent callers: on the embedded SQLite
+//! store, or with `--postgres` on a PostgreSQL database through one or more
+//! store instances (each its own writer, as separate `creditd serve`s would be).
 
 mod export;
 
@@ -16,6 +18,7 @@ use creditd_core::engine::{NewGrant, Outcome};
 use creditd_core::ledger::Reference;
 use creditd_core::pricing::{ModelPrice, RequestStatus, TokenRates, Usage};
 use creditd_core::units::{Credits, Usd};
+use creditd_store::postgres::PgStore;
 use creditd_store::sqlite::SqliteStore;
 use creditd_store::{Command, EngineConfig, Store, SystemClock, WriterLimits};
 
@@ -38,6 +41,13 @@ enum Bench {
         /// Charge one account from every caller instead of spreading.
         #[arg(long)]
         hot: bool,
+        /// A PostgreSQL database to run on (its creditd tables are emptied
+        /// first), e.g. postgres://postgres@127.0.0.1:5432/creditd_bench.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Store instances on the PostgreSQL database, callers spread over them.
+        #[arg(long, default_value_t = 1)]
+        instances: u32,
     },
     /// Creates (or fills) a database with the bench model and N funded
     /// accounts `acct-0…`, for an HTTP benchmark of `creditd serve` on it.
@@ -95,26 +105,52 @@ async fn seed(store: &Arc<dyn Store>, accounts: u32) -> Result<()> {
     Ok(())
 }
 
-async fn inprocess(accounts: u32, callers: u32, seconds: u64, hot: bool) -> Result<()> {
+struct Inprocess {
+    accounts: u32,
+    callers: u32,
+    seconds: u64,
+    hot: bool,
+    postgres: Option<String>,
+    instances: u32,
+}
+
+/// The stores the callers charge through, and what keeps their database.
+fn open_stores(args: &Inprocess, dir: &tempfile::TempDir) -> Result<Vec<Arc<dyn Store>>> {
+    let open = |url: &str| -> Result<Arc<dyn Store>> {
+        let store = PgStore::connect(url, EngineConfig::default(), WriterLimits::default(), Arc::new(SystemClock))
+            .context("connect")?;
+        Ok(Arc::new(store))
+    };
+    match &args.postgres {
+        None => Ok(vec![Arc::new(
+            SqliteStore::open(
+                &dir.path().join("bench.db"),
+                EngineConfig::default(),
+                WriterLimits::default(),
+                Arc::new(SystemClock),
+            )
+            .context("open store")?,
+        )]),
+        Some(url) => (0..args.instances.max(1)).map(|_| open(url)).collect(),
+    }
+}
+
+async fn inprocess(args: Inprocess) -> Result<()> {
+    let Inprocess { accounts, callers, seconds, hot, .. } = args;
     let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("bench.db"),
-            EngineConfig::default(),
-            WriterLimits::default(),
-            Arc::new(SystemClock),
-        )
-        .context("open store")?,
-    );
+    if let Some(url) = &args.postgres {
+        empty_postgres(url)?;
+    }
+    let stores = open_stores(&args, &dir)?;
     let started = Instant::now();
-    seed(&store, accounts).await?;
+    seed(&stores[0], accounts).await?;
     eprintln!("seeded {accounts} accounts in {:.1}s", started.elapsed().as_secs_f64());
 
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for caller in 0..callers {
-        let store = store.clone();
+        let store = stores[caller as usize % stores.len()].clone();
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -158,14 +194,33 @@ async fn inprocess(accounts: u32, callers: u32, seconds: u64, hot: bool) -> Resu
     latencies.sort();
     let total = done.load(Ordering::Relaxed);
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
+    let backend = match &args.postgres {
+        Some(_) => format!("postgres instances={}", stores.len()),
+        None => "sqlite".to_string(),
+    };
     println!(
-        "inprocess accounts={accounts} callers={callers} hot={hot}: {:.0} charges/s, p50 {:?}, p99 {:?}, p999 {:?}, rss {} MB",
+        "inprocess {backend} accounts={accounts} callers={callers} hot={hot}: {:.0} charges/s, p50 {:?}, p99 {:?}, \
+         p999 {:?}, rss {} MB",
         total as f64 / seconds as f64,
         pct(0.50).unwrap_or_default(),
         pct(0.99).unwrap_or_default(),
         pct(0.999).unwrap_or_default(),
         rss_mb()
     );
+    Ok(())
+}
+
+/// Empties the creditd tables of a PostgreSQL database (created by an
+/// earlier run), so that every run starts from the same place.
+fn empty_postgres(url: &str) -> Result<()> {
+    PgStore::migrate(url).context("migrate")?;
+    let tables = "accounts, grants, holds, usage_records, ledger_entries, models, api_keys, account_tokens, \
+                  idempotency_keys, plans, subscriptions, payments, payment_refunds, webhook_events";
+    let status = std::process::Command::new("psql")
+        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("TRUNCATE {tables}")])
+        .status()
+        .context("run psql")?;
+    anyhow::ensure!(status.success(), "psql could not empty the database");
     Ok(())
 }
 
@@ -182,7 +237,9 @@ fn rss_mb() -> u64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().bench {
-        Bench::Inprocess { accounts, callers, seconds, hot } => inprocess(accounts, callers, seconds, hot).await,
+        Bench::Inprocess { accounts, callers, seconds, hot, postgres, instances } => {
+            inprocess(Inprocess { accounts, callers, seconds, hot, postgres, instances }).await
+        }
         Bench::Export(args) => export::run(args).await,
         Bench::Seed { db, accounts } => {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(

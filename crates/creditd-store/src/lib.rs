@@ -291,6 +291,21 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The `(account, request id)` of a metering command, whose hold and
+    /// usage record the writer looks up.
+    pub fn request(&self) -> Option<(&str, &str)> {
+        match self {
+            Command::Authorize { account_id, request } => Some((account_id, &request.request_id)),
+            Command::Settle { account_id, outcome } | Command::RecordUsage { account_id, outcome, .. } => {
+                Some((account_id, &outcome.request_id))
+            }
+            Command::Release { account_id, request_id } => Some((account_id, request_id)),
+            _ => None,
+        }
+    }
+}
+
 /// A write's answer.
 // Each reply is moved once, from the writer to its caller: boxing the large
 // variants would cost an allocation per write and buy nothing.

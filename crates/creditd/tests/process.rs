@@ -501,3 +501,210 @@ fn the_environment_overrides_the_file() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("CREDITD_BILLING__TIMEZONE") && stderr.contains("Not/AZone"), "{stderr}");
 }
+
+/// One metering attempt of the two-server test and its answer.
+struct Attempt {
+    request_id: String,
+    /// Which server answered (0 or 1).
+    server: usize,
+    status: u16,
+    body: Value,
+    /// A resend of an id already sent.
+    replay: bool,
+}
+
+/// Two `creditd serve` processes on one PostgreSQL database, 64 clients
+/// spending one account's limited balance through both: nothing is spent
+/// twice, nothing beyond the balance, and no request is charged twice.
+#[test]
+fn two_servers_on_one_postgres_database_never_overspend() {
+    const CLIENTS: usize = 64;
+    const REQUESTS_PER_CLIENT: usize = 8;
+    /// 5,000 input tokens × $3/M + 1,000 output tokens × $15/M = $0.03 = 3 credits.
+    const COST: u64 = 3;
+    /// Enough for exactly 150 requests, with one credit left over.
+    const AFFORDABLE: usize = 150;
+    const GRANTED: u64 = COST * AFFORDABLE as u64 + 1;
+    const ACCOUNT: &str = "shared_account";
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    let started = Instant::now();
+    let pg = creditd_testing::PgDatabase::create();
+    let db = pg.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("creditd.toml");
+    std::fs::write(&config, QUIET_CONFIG).unwrap();
+    let config = config.to_str().unwrap();
+    let args = ["--config", config, "--db", &db, "--listen", "127.0.0.1:0", "--admin-key", ADMIN_KEY];
+    let servers = [Server::start(dir.path(), &args), Server::start(dir.path(), &args)];
+    assert_ne!(servers[0].base, servers[1].base);
+    let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+    eprintln!("two servers up after {:?}: {bases:?}", started.elapsed());
+
+    // Set up through the first server; the second sees it at once.
+    let http = Http::new();
+    let (status, model) = http.send("PUT", &servers[0].url(&format!("/v1/models/{MODEL}")), ADMIN_KEY, &sonnet(), None);
+    assert_eq!(status, 200, "{model}");
+    let (status, body) = http.post(&servers[0].url("/v1/accounts"), ADMIN_KEY, &json!({"id": ACCOUNT}));
+    assert_eq!(status, 201, "{body}");
+    let grant = json!({"amount": GRANTED.to_string(), "kind": "promo", "source": "race", "reason": "two servers"});
+    let grants_url = servers[0].url(&format!("/v1/accounts/{ACCOUNT}/grants"));
+    let (status, grant) = http.send("POST", &grants_url, ADMIN_KEY, &grant, Some("race-grant"));
+    assert_eq!(status, 201, "{grant}");
+    let (status, balance) = http.get(&servers[1].url(&format!("/v1/accounts/{ACCOUNT}/balance")), Some(ADMIN_KEY));
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(balance["available"], GRANTED.to_string(), "the second server sees the grant: {balance}");
+
+    let usage = |request_id: &str| {
+        json!({
+            "account_id": ACCOUNT, "request_id": request_id, "model": MODEL, "request_type": "chat",
+            "enforce": true, "status": "success",
+            "usage": {"input_tokens": 5000, "output_tokens": 1000}
+        })
+    };
+
+    // Phase 1: every client sends its requests, alternating servers, and
+    // resends every other one at once to the other server. Phase 2 (after
+    // every client is done and the balance is spent): every id again.
+    let phase = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let metering_started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let bases = bases.clone();
+            let phase = phase.clone();
+            std::thread::spawn(move || {
+                let http = Http::new();
+                let mut attempts = Vec::new();
+                let mut send = |server: usize, request_id: &str, replay: bool| {
+                    let url = format!("{}/v1/usage", bases[server]);
+                    let (status, body) = http.post(&url, ADMIN_KEY, &usage(request_id));
+                    attempts.push(Attempt { request_id: request_id.to_string(), server, status, body, replay });
+                };
+                phase.wait();
+                for i in 0..REQUESTS_PER_CLIENT {
+                    let request_id = format!("req-{client}-{i}");
+                    let server = (client + i) % 2;
+                    send(server, &request_id, false);
+                    if i % 2 == 1 {
+                        send(1 - server, &request_id, true);
+                    }
+                }
+                phase.wait();
+                for i in 0..REQUESTS_PER_CLIENT {
+                    let request_id = format!("req-{client}-{i}");
+                    send((client + i + 1) % 2, &request_id, true);
+                }
+                attempts
+            })
+        })
+        .collect();
+    let attempts: Vec<Attempt> = clients.into_iter().flat_map(|c| c.join().expect("a client panicked")).collect();
+    let metering_took = metering_started.elapsed();
+    assert_eq!(attempts.len(), CLIENTS * REQUESTS_PER_CLIENT * 5 / 2);
+
+    // No 5xx, and nothing but created, replayed or insufficient credits.
+    let unexpected: Vec<String> = attempts
+        .iter()
+        .filter(|a| !matches!(a.status, 200 | 201 | 402))
+        .map(|a| format!("{} via server {} (replay: {}): {} {}", a.request_id, a.server, a.replay, a.status, a.body))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{} unexpected answers, e.g.:\n{}",
+        unexpected.len(),
+        unexpected[..unexpected.len().min(10)].join("\n")
+    );
+
+    // The first answer of each id decides it: 201 once (charged) or 402.
+    let mut first: std::collections::BTreeMap<&str, &Attempt> = std::collections::BTreeMap::new();
+    for a in attempts.iter().filter(|a| !a.replay) {
+        assert!(first.insert(a.request_id.as_str(), a).is_none(), "{} sent twice as new", a.request_id);
+    }
+    assert_eq!(first.len(), CLIENTS * REQUESTS_PER_CLIENT);
+    let created: Vec<&str> = attempts.iter().filter(|a| a.status == 201).map(|a| a.request_id.as_str()).collect();
+    let acknowledged: std::collections::BTreeSet<&str> = created.iter().copied().collect();
+    assert_eq!(created.len(), acknowledged.len(), "an id was created (201) twice");
+    for id in &acknowledged {
+        let a = first[id];
+        assert!(!a.replay && a.status == 201, "{id}: a resend was created, not its first send");
+        assert_eq!(a.body["request_id"], *id, "{}", a.body);
+        assert_eq!(a.body["credits"], COST.to_string(), "{}", a.body);
+        assert_eq!(a.body["debt_incurred"], "0", "{}", a.body);
+    }
+    let refused = first.values().filter(|a| a.status == 402).count();
+    eprintln!(
+        "{} attempts in {metering_took:?}: {} charged, {refused} refused, {} resends",
+        attempts.len(),
+        acknowledged.len(),
+        attempts.iter().filter(|a| a.replay).count()
+    );
+    assert!(acknowledged.len() as u64 * COST <= GRANTED, "overspent: {} charged", acknowledged.len());
+    assert_eq!(acknowledged.len(), AFFORDABLE, "every affordable request is charged, no more");
+    assert_eq!(acknowledged.len() + refused, first.len());
+    for server in 0..2 {
+        let charged_here = acknowledged.iter().filter(|id| first[*id].server == server).count();
+        assert!(charged_here > 0, "server {server} charged nothing: the test did not race the two");
+    }
+
+    // Refusals are insufficient_credits, refused only when the balance was short.
+    for a in attempts.iter().filter(|a| a.status == 402) {
+        assert_eq!(a.body["error"]["code"], "insufficient_credits", "{}: {}", a.request_id, a.body);
+        let available = a.body["error"]["details"]["available"].as_str().unwrap_or_else(|| panic!("{}", a.body));
+        let available: f64 = available.parse().unwrap();
+        assert!(available < COST as f64, "{} refused with {available} available: {}", a.request_id, a.body);
+        assert!(!acknowledged.contains(a.request_id.as_str()) || a.replay, "{}", a.request_id);
+    }
+    // Resends: the same record for a charged id (from either server), a refusal for a refused one.
+    for a in attempts.iter().filter(|a| a.replay) {
+        let original = first[a.request_id.as_str()];
+        if original.status == 201 {
+            assert_eq!(a.status, 200, "resend of charged {} via server {}: {}", a.request_id, a.server, a.body);
+            assert_eq!(a.body, original.body, "resend of {} answered another record", a.request_id);
+        } else {
+            assert_eq!(a.status, 402, "resend of refused {} via server {}: {}", a.request_id, a.server, a.body);
+        }
+    }
+
+    // The balance, from either server: granted − charged, nothing held, no debt.
+    let left = (GRANTED - COST * acknowledged.len() as u64).to_string();
+    for server in &servers {
+        let (status, balance) = http.get(&server.url(&format!("/v1/accounts/{ACCOUNT}/balance")), Some(ADMIN_KEY));
+        assert_eq!(status, 200, "{balance}");
+        assert_eq!(
+            (balance["available"].as_str(), balance["held"].as_str(), balance["debt"].as_str()),
+            (Some(left.as_str()), Some("0"), Some("0")),
+            "{balance}"
+        );
+    }
+    // One usage record and one charge entry per acknowledged id.
+    let (status, records) =
+        http.get(&servers[1].url(&format!("/v1/accounts/{ACCOUNT}/usage?limit=1000")), Some(ADMIN_KEY));
+    assert_eq!(status, 200, "{records}");
+    let recorded: Vec<&str> =
+        records["data"].as_array().expect("a list").iter().filter_map(|r| r["request_id"].as_str()).collect();
+    assert_eq!(recorded.len(), acknowledged.len(), "usage records");
+    assert_eq!(recorded.iter().copied().collect::<std::collections::BTreeSet<_>>(), acknowledged);
+    let (status, summary) =
+        http.get(&servers[0].url(&format!("/v1/accounts/{ACCOUNT}/usage/summary?group_by=model")), Some(ADMIN_KEY));
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["total"]["requests"].as_u64(), Some(acknowledged.len() as u64), "{summary}");
+    assert_eq!(summary["total"]["credits"], (COST * acknowledged.len() as u64).to_string(), "{summary}");
+    let (status, ledger) =
+        http.get(&servers[0].url(&format!("/v1/accounts/{ACCOUNT}/ledger?type=charge&limit=1000")), Some(ADMIN_KEY));
+    assert_eq!(status, 200, "{ledger}");
+    let charges = ledger["data"].as_array().expect("a list");
+    assert_eq!(charges.len(), acknowledged.len(), "charge entries");
+    let charged: std::collections::BTreeSet<&str> =
+        charges.iter().filter_map(|e| e["reference"]["request_id"].as_str()).collect();
+    assert_eq!(charged, acknowledged, "each acknowledged id charged exactly once");
+
+    let [first_server, second_server] = servers;
+    first_server.stop();
+    second_server.stop();
+
+    let out = run(dir.path(), &["audit", "--db", &db, "--config", config]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "audit failed: {report}{}", text(&out.stderr));
+    assert!(report.contains("no breaches"), "{report}");
+    eprintln!("two-server test done in {:?}", started.elapsed());
+}

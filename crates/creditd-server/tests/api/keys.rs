@@ -62,19 +62,19 @@ async fn ensure_admin_key_creates_one_only_when_needed() {
     // The harness already made one: no second key.
     assert_eq!(creditd_server::ensure_admin_key(api.store.as_ref(), None).await.unwrap(), None);
     // A configured key means none is created.
-    let dir = tempfile::tempdir().unwrap();
+    // On a new, empty store of the same backend as the harness.
     let clock = std::sync::Arc::new(creditd_store::ManualClock::new(crate::support::START.parse().unwrap()));
-    let store =
-        creditd_store::sqlite::SqliteStore::open(&dir.path().join("db"), Default::default(), Default::default(), clock)
-            .unwrap();
-    assert_eq!(creditd_server::ensure_admin_key(&store, Some("configured")).await.unwrap(), None);
-    assert!(creditd_store::Store::keys(&store).await.unwrap().is_empty());
-    let secret = creditd_server::ensure_admin_key(&store, None).await.unwrap().unwrap();
+    // Kept whole: a tuple drops its fields in order, the store before its home.
+    let opened = crate::support::open_store(Default::default(), clock);
+    let store = opened.0.as_ref();
+    assert_eq!(creditd_server::ensure_admin_key(store, Some("configured")).await.unwrap(), None);
+    assert!(store.keys().await.unwrap().is_empty());
+    let secret = creditd_server::ensure_admin_key(store, None).await.unwrap().unwrap();
     assert!(secret.starts_with("ck_"));
-    let keys = creditd_store::Store::keys(&store).await.unwrap();
+    let keys = store.keys().await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].role, creditd_store::Role::Admin);
     assert_ne!(keys[0].secret_hash, secret, "only a hash is stored");
-    let (key, gateway) = creditd_server::create_key(&store, creditd_store::Role::Gateway, "cli").await.unwrap();
+    let (key, gateway) = creditd_server::create_key(store, creditd_store::Role::Gateway, "cli").await.unwrap();
     assert!(gateway.starts_with(&format!("ck_{}_", key.id)));
 }

@@ -1,4 +1,5 @@
-//! HTTP tests of the whole API on the real router (no socket), over SQLite.
+//! HTTP tests of the whole API on the real router (no socket), over SQLite
+//! or, with `CREDITD_TEST_BACKEND=postgres`, over PostgreSQL (see `support`).
 
 mod support;
 

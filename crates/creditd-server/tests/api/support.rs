@@ -1,5 +1,8 @@
-//! The test harness: the real router over a `SqliteStore` in a temp dir,
-//! driven by a `ManualClock`, called with `tower::ServiceExt::oneshot`.
+//! The test harness: the real router over the store of the backend
+//! `CREDITD_TEST_BACKEND` selects (`Backend::from_env`): a `SqliteStore` in a
+//! temp dir (the default) or, with `postgres`, a `PgStore` on a fresh
+//! database of the test's own. Driven by a `ManualClock`, called with
+//! `tower::ServiceExt::oneshot`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,8 +12,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use creditd_core::Usd;
 use creditd_server::{App, ServerConfig};
+use creditd_store::postgres::PgStore;
 use creditd_store::sqlite::SqliteStore;
 use creditd_store::{EngineConfig, ManualClock, Store, WriterLimits};
+use creditd_testing::{Backend, PgDatabase};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -24,7 +29,34 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// A stored admin key (made by `ensure_admin_key`).
     pub admin: String,
-    _dir: tempfile::TempDir,
+    /// Declared last, so dropped last: after the router and the store.
+    _home: StoreHome,
+}
+
+/// What a test's store lives in, kept alive as long as the store: its
+/// SQLite temp dir, or its PostgreSQL database (dropped with it).
+pub enum StoreHome {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] PgDatabase),
+}
+
+/// A new, empty store on the backend `Backend::from_env()` selects. Keep
+/// the `StoreHome` alive (and drop it after the store).
+pub fn open_store(engine: EngineConfig, clock: Arc<ManualClock>) -> (Arc<dyn Store>, StoreHome) {
+    match Backend::from_env() {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("creditd.db"), engine, WriterLimits::default(), clock)
+                .expect("opening the SQLite store");
+            (Arc::new(store), StoreHome::Sqlite(dir))
+        }
+        Backend::Postgres => {
+            let db = PgDatabase::create();
+            let store = PgStore::connect(db.url(), engine, WriterLimits::default(), clock)
+                .expect("connecting the PostgreSQL store");
+            (Arc::new(store), StoreHome::Postgres(db))
+        }
+    }
 }
 
 pub struct Resp {
@@ -88,20 +120,11 @@ impl Api {
 
     /// An API whose clock starts at `start`.
     pub async fn build_at(start: &str, test_clock: bool, config: ServerConfig) -> Api {
-        let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(start.parse().unwrap()));
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                &dir.path().join("creditd.db"),
-                config.engine.clone(),
-                WriterLimits::default(),
-                clock.clone(),
-            )
-            .unwrap(),
-        );
+        let (store, home) = open_store(config.engine.clone(), clock.clone());
         let admin = creditd_server::ensure_admin_key(store.as_ref(), None).await.unwrap().expect("a new admin key");
         let app = App::new(store.clone(), clock.clone(), test_clock.then(|| clock.clone()), config);
-        Api { router: app.router(), clock, store, admin, _dir: dir }
+        Api { router: app.router(), clock, store, admin, _home: home }
     }
 
     pub async fn send(&self, request: Request<Body>) -> Resp {

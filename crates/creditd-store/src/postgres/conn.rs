@@ -355,25 +355,46 @@ impl Db for PgConn {
 }
 
 impl WriterDb for PgConn {
-    fn begin_batch(&self, accounts: &[&str]) -> Result<Begun, StoreError> {
+    fn begin_batch(&self, accounts: &[&str], requests: &[(&str, &str)]) -> Result<Begun, StoreError> {
         self.ensure_connected()?;
         self.failed.set(false);
         self.locked.borrow_mut().clear();
         self.control("BEGIN")?;
-        // One round trip: lock the accounts in id order and read the book's
-        // version (the row without an id).
-        let rows = self.query_native(
+        // Lock the accounts in id order and read the book's version (the row
+        // without an id); and which of the requests have a hold or a record.
+        let lock = self.statement(
             "WITH locked AS (
                  SELECT id, version FROM accounts WHERE id = ANY(?1) ORDER BY id FOR NO KEY UPDATE
              )
              SELECT id, version FROM locked UNION ALL SELECT NULL, version FROM book_version",
-            &[&accounts],
         )?;
+        let seen = self.statement(
+            "WITH asked AS (SELECT * FROM unnest(CAST(?1 AS TEXT[]), CAST(?2 AS TEXT[])) AS r(account_id, request_id))
+             SELECT account_id, request_id FROM holds WHERE (account_id, request_id) IN (SELECT * FROM asked)
+             UNION
+             SELECT account_id, request_id FROM usage_records WHERE (account_id, request_id) IN (SELECT * FROM asked)",
+        )?;
+        let (asked_accounts, asked_requests): (Vec<&str>, Vec<&str>) = requests.iter().copied().unzip();
+        let (rows, seen) = self.flush_then(async |client| {
+            let looked = async {
+                if requests.is_empty() {
+                    return Ok(Vec::new());
+                }
+                client.query(&seen, &[&asked_accounts, &asked_requests]).await
+            };
+            let (locked, looked) = futures_util::future::join(client.query(&lock, &[&accounts]), looked).await;
+            Ok((locked?, looked?))
+        })?;
         let (book, locked): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(|row| row.get::<_, Option<&str>>(0).is_none());
         let book = book.first().map(|row| row.try_get::<_, i64>(1)).transpose().map_err(pg_error)?;
         let book_changed = self.book_version.replace(book) != book;
-        Ok(Begun { stale: self.note_versions(&locked)?, book_changed })
+        let seen = seen
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<HashSet<(String, String)>, tokio_postgres::Error>>()
+            .map_err(pg_error)?;
+        Ok(Begun { stale: self.note_versions(&locked)?, book_changed, seen: Some(seen) })
     }
 
     fn lock_account(&self, id: &str) -> Result<bool, StoreError> {

@@ -21,6 +21,8 @@ pub mod store;
 pub mod usage;
 pub mod writer;
 
+use std::collections::HashSet;
+
 use crate::StoreError;
 use codec::Corrupt;
 
@@ -261,14 +263,19 @@ pub struct Begun {
     pub stale: Vec<String>,
     /// The models or plans changed: reload them.
     pub book_changed: bool,
+    /// Of the `(account, request id)` pairs asked about, those that have a
+    /// hold or a usage record. `None`: the backend did not look (a lookup
+    /// per command is as cheap), so every command looks for itself.
+    pub seen: Option<HashSet<(String, String)>>,
 }
 
 /// How the writer's transactions begin and end on a backend, and what it
 /// must lock when other processes may write the same database.
 pub trait WriterDb: Db {
     /// Begins a batch's transaction and locks `accounts` (sorted, without
-    /// duplicates) against other writers.
-    fn begin_batch(&self, accounts: &[&str]) -> Result<Begun, StoreError>;
+    /// duplicates) against other writers; may look up at once which of the
+    /// batch's metering `requests` the store has seen.
+    fn begin_batch(&self, accounts: &[&str], requests: &[(&str, &str)]) -> Result<Begun, StoreError>;
 
     /// Locks one more account inside the batch (one no command named up
     /// front, e.g. from a webhook's metadata). True if its cached state may

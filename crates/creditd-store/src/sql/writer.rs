@@ -8,7 +8,7 @@
 //! `BEGIN IMMEDIATE` transaction, and callers are answered only after the
 //! single `COMMIT` (one fsync for the whole batch).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -92,6 +92,9 @@ pub struct Writer<C> {
     stats: Arc<Stats>,
     batch_max: usize,
     sweep_queue: VecDeque<String>,
+    /// `(account, request id)` pairs of the open batch that the store had
+    /// not seen when it began: their lookups are skipped, once each.
+    unseen: HashSet<(String, String)>,
 }
 
 fn not_found_account(id: &str) -> StoreError {
@@ -184,6 +187,7 @@ impl<C: WriterDb> Writer<C> {
             stats,
             batch_max: limits.batch_max.max(1),
             sweep_queue: VecDeque::new(),
+            unseen: HashSet::new(),
         }
     }
 
@@ -332,9 +336,18 @@ impl<C: WriterDb> Writer<C> {
         let mut accounts: Vec<&str> = jobs.iter().filter_map(|job| job.command.account_id()).collect();
         accounts.sort_unstable();
         accounts.dedup();
-        let begun = self.conn.begin_batch(&accounts).and_then(|begun| {
+        let requests: Vec<(&str, &str)> = jobs.iter().filter_map(|job| job.command.request()).collect();
+        self.unseen.clear();
+        let begun = self.conn.begin_batch(&accounts, &requests).and_then(|begun| {
             for id in &begun.stale {
                 self.cache.pop(id.as_str());
+            }
+            if let Some(seen) = &begun.seen {
+                self.unseen = requests
+                    .iter()
+                    .map(|&(a, r)| (a.to_string(), r.to_string()))
+                    .filter(|pair| !seen.contains(pair))
+                    .collect();
             }
             self.book.stale |= begun.book_changed;
             self.ensure_book()
@@ -500,9 +513,18 @@ impl<C: WriterDb> Writer<C> {
 
     /// What the store has for a request id. An open hold is in the cache,
     /// and then there can be no usage record: settling closes the hold.
-    fn prior(&self, state: &AccountState, request_id: &str) -> Result<(Option<Hold>, Option<UsageRecord>), StoreError> {
+    fn prior(
+        &mut self,
+        state: &AccountState,
+        request_id: &str,
+    ) -> Result<(Option<Hold>, Option<UsageRecord>), StoreError> {
         if let Some(open) = state.open_hold(request_id) {
             return Ok((Some(open.clone()), None));
+        }
+        // Unseen when the batch began, and not since: this command may
+        // create them, so a second one for the same pair looks them up.
+        if self.unseen.remove(&(state.account_id.clone(), request_id.to_string())) {
+            return Ok((None, None));
         }
         let hold = rows::hold_by_request(&self.conn, &state.account_id, request_id)?;
         let usage = rows::usage_by_request(&self.conn, &state.account_id, request_id)?;

@@ -86,7 +86,7 @@ impl Db for Connection {
 }
 
 impl WriterDb for Connection {
-    fn begin_batch(&self, _accounts: &[&str]) -> Result<Begun, StoreError> {
+    fn begin_batch(&self, _accounts: &[&str], _requests: &[(&str, &str)]) -> Result<Begun, StoreError> {
         self.control("BEGIN IMMEDIATE")?;
         Ok(Begun::default())
     }
