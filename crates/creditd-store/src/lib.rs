@@ -64,13 +64,17 @@ pub struct WriterLimits {
     pub queue_depth: usize,
     /// Commands applied in one transaction at most.
     pub batch_max: usize,
-    /// Accounts whose hot state is kept in memory at most.
+    /// Accounts whose hot state is kept in memory at most (per writer).
     pub cached_accounts: usize,
+    /// Writers on PostgreSQL, each with its connection, accounts hashed over
+    /// them so that their batches run in parallel. SQLite has one writer
+    /// whatever this says: the database has one write lock.
+    pub writers: usize,
 }
 
 impl Default for WriterLimits {
     fn default() -> Self {
-        WriterLimits { queue_depth: 8192, batch_max: 512, cached_accounts: 100_000 }
+        WriterLimits { queue_depth: 8192, batch_max: 512, cached_accounts: 100_000, writers: 4 }
     }
 }
 

@@ -94,7 +94,41 @@ impl Owned {
 /// A statement waiting to be sent.
 enum Deferred {
     Control(String),
-    Write(Statement, Vec<Owned>),
+    /// `keyed`: see [`Db::write_keyed`].
+    Write {
+        stmt: Statement,
+        /// The statement's number (`PgConn::prepared`).
+        number: usize,
+        params: Vec<Owned>,
+        keyed: bool,
+    },
+}
+
+/// Where an open savepoint is.
+#[derive(Clone, Copy, Debug)]
+enum Savepoint {
+    /// Not sent: it stands before the deferred statement of this index.
+    /// Undoing it drops what follows; releasing it costs nothing.
+    Pending(usize),
+    /// Sent to the server (a read flushed the statements around it).
+    Sent,
+}
+
+/// Drops each keyed write that a later keyed write of the same statement
+/// and key supersedes.
+fn drop_superseded(deferred: &mut Vec<Deferred>) {
+    let mut seen = HashSet::new();
+    let mut keep = vec![true; deferred.len()];
+    for (i, d) in deferred.iter().enumerate().rev() {
+        if let Deferred::Write { number, params, keyed: true, .. } = d
+            && let Some(Owned::Text(key)) = params.first()
+            && !seen.insert((*number, key.as_str()))
+        {
+            keep[i] = false;
+        }
+    }
+    let mut keep = keep.into_iter();
+    deferred.retain(|_| keep.next().unwrap_or(true));
 }
 
 fn wrong_type(i: usize, wanted: &str, ty: &Type) -> StoreError {
@@ -148,8 +182,11 @@ pub struct PgConn {
     /// `Option` only so that `Drop` can shut it down without blocking.
     runtime: Option<Runtime>,
     client: RefCell<Client>,
-    statements: RefCell<HashMap<String, Statement>>,
+    /// Prepared statements by SQL text, each with a number of its own.
+    statements: RefCell<HashMap<String, (Statement, usize)>>,
     deferred: RefCell<Vec<Deferred>>,
+    /// Open savepoints, innermost last.
+    savepoints: RefCell<Vec<(&'static str, Savepoint)>>,
     /// A statement of the open transaction failed: it can only roll back.
     failed: Cell<bool>,
     /// Accounts locked by the open batch.
@@ -201,6 +238,7 @@ impl PgConn {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
+            savepoints: RefCell::new(Vec::new()),
             failed: Cell::new(false),
             locked: RefCell::new(HashSet::new()),
             versions: RefCell::new(HashMap::new()),
@@ -239,13 +277,20 @@ impl PgConn {
     }
 
     fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
-        if let Some(stmt) = self.statements.borrow().get(sql) {
-            return Ok(stmt.clone());
+        self.prepared(sql).map(|(stmt, _)| stmt)
+    }
+
+    /// The statement for `sql`, prepared once per connection, and its number.
+    fn prepared(&self, sql: &str) -> Result<(Statement, usize), StoreError> {
+        if let Some(found) = self.statements.borrow().get(sql) {
+            return Ok(found.clone());
         }
         let client = self.client.borrow();
         let stmt = self.runtime().block_on(client.prepare(&renumber(sql))).map_err(|e| self.fail(e))?;
-        self.statements.borrow_mut().insert(sql.to_string(), stmt.clone());
-        Ok(stmt)
+        let mut statements = self.statements.borrow_mut();
+        let number = statements.len();
+        statements.insert(sql.to_string(), (stmt.clone(), number));
+        Ok((stmt, number))
     }
 
     /// Sends the deferred statements, and then `then` on the same pipeline.
@@ -256,14 +301,23 @@ impl PgConn {
         if self.failed.get() {
             return Err(StoreError::Internal("the transaction already failed".into()));
         }
-        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        drop_superseded(&mut deferred);
+        // Savepoints not sent yet go out now, each where it stands: a
+        // rollback to one may still follow.
+        for (name, place) in self.savepoints.borrow_mut().iter_mut().rev() {
+            if let Savepoint::Pending(at) = *place {
+                deferred.insert(at.min(deferred.len()), Deferred::Control(format!("SAVEPOINT {name}")));
+                *place = Savepoint::Sent;
+            }
+        }
         let client = self.client.borrow();
         let client = &*client;
         let (sent, result) = self.runtime().block_on(async {
             let params: Vec<Vec<Param<'_>>> = deferred
                 .iter()
                 .map(|d| match d {
-                    Deferred::Write(_, owned) => owned.iter().map(Owned::param).collect(),
+                    Deferred::Write { params, .. } => params.iter().map(Owned::param).collect(),
                     Deferred::Control(_) => Vec::new(),
                 })
                 .collect();
@@ -271,7 +325,7 @@ impl PgConn {
                 params.iter().map(|ps| ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect()).collect();
             let sends = deferred.iter().zip(&refs).map(|(d, refs)| async move {
                 match d {
-                    Deferred::Write(stmt, _) => client.execute(stmt, refs).await.map(drop),
+                    Deferred::Write { stmt, .. } => client.execute(stmt, refs).await.map(drop),
                     Deferred::Control(sql) => client.batch_execute(sql).await,
                 }
             });
@@ -294,6 +348,17 @@ impl PgConn {
             };
         }
         self.flush_then(async |_| Ok(()))
+    }
+
+    fn defer(&self, sql: &str, params: &[Param<'_>], keyed: bool) -> Result<(), StoreError> {
+        let (stmt, number) = self.prepared(sql)?;
+        self.deferred.borrow_mut().push(Deferred::Write {
+            stmt,
+            number,
+            params: params.iter().map(Owned::of).collect(),
+            keyed,
+        });
+        Ok(())
     }
 
     /// Rows of a query with native parameters (arrays), after the deferred statements.
@@ -330,9 +395,11 @@ impl Db for PgConn {
     }
 
     fn write(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
-        let stmt = self.statement(sql)?;
-        self.deferred.borrow_mut().push(Deferred::Write(stmt, params.iter().map(Owned::of).collect()));
-        Ok(())
+        self.defer(sql, params, false)
+    }
+
+    fn write_keyed(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
+        self.defer(sql, params, true)
     }
 
     fn query_each(
@@ -359,6 +426,7 @@ impl WriterDb for PgConn {
         self.ensure_connected()?;
         self.failed.set(false);
         self.locked.borrow_mut().clear();
+        self.savepoints.borrow_mut().clear();
         self.control("BEGIN")?;
         // Lock the accounts in id order and read the book's version (the row
         // without an id); and which of the requests have a hold or a record.
@@ -405,6 +473,31 @@ impl WriterDb for PgConn {
         Ok(!self.note_versions(&rows)?.is_empty())
     }
 
+    fn savepoint(&self, name: &'static str) -> Result<(), StoreError> {
+        let at = self.deferred.borrow().len();
+        self.savepoints.borrow_mut().push((name, Savepoint::Pending(at)));
+        Ok(())
+    }
+
+    fn release_savepoint(&self, name: &'static str) -> Result<(), StoreError> {
+        match self.savepoints.borrow_mut().pop() {
+            Some((open, Savepoint::Pending(_))) if open == name => Ok(()),
+            Some((open, Savepoint::Sent)) if open == name => self.control(&format!("RELEASE SAVEPOINT {name}")),
+            other => Err(StoreError::Internal(format!("release of savepoint {name} with {other:?} open"))),
+        }
+    }
+
+    fn rollback_to_savepoint(&self, name: &'static str) -> Result<(), StoreError> {
+        match self.savepoints.borrow().last() {
+            Some(&(open, Savepoint::Pending(at))) if open == name => {
+                self.deferred.borrow_mut().truncate(at);
+                Ok(())
+            }
+            Some(&(open, Savepoint::Sent)) if open == name => self.control(&format!("ROLLBACK TO SAVEPOINT {name}")),
+            other => Err(StoreError::Internal(format!("rollback to savepoint {name} with {other:?} open"))),
+        }
+    }
+
     fn commit_batch(&self, touched: &[&str]) -> Result<(), StoreError> {
         let bump =
             self.statement("UPDATE accounts SET version = version + 1 WHERE id = ANY(?1) RETURNING id, version")?;
@@ -426,6 +519,7 @@ impl WriterDb for PgConn {
 
     fn rollback_batch(&self) {
         self.deferred.borrow_mut().clear();
+        self.savepoints.borrow_mut().clear();
         self.locked.borrow_mut().clear();
         self.versions.borrow_mut().clear();
         self.failed.set(false);

@@ -56,7 +56,11 @@ impl PgStore {
         off_runtime(|| {
             let conn = PgConn::connect(url)?;
             schema::migrate(&conn)?;
-            SqlStore::start(conn, connect_readers(url, READERS)?, config, limits, clock)
+            let mut writers = vec![conn];
+            for _ in 1..limits.writers.max(1) {
+                writers.push(PgConn::connect(url)?);
+            }
+            SqlStore::start(writers, connect_readers(url, READERS)?, config, limits, clock)
         })
     }
 

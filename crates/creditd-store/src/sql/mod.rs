@@ -193,6 +193,14 @@ pub trait Db {
         self.execute(sql, params).map(drop)
     }
 
+    /// A write that sets the whole stored row named by its first parameter
+    /// (an upsert, or an update of every column the statement names): in one
+    /// transaction, a later keyed write of the same statement and first
+    /// parameter supersedes it, so a backend may send only the last.
+    fn write_keyed(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
+        self.write(sql, params)
+    }
+
     /// Calls `each` for every row the query returns, in order.
     fn query_each(
         &self,
@@ -281,6 +289,15 @@ pub trait WriterDb: Db {
     /// front, e.g. from a webhook's metadata). True if its cached state may
     /// be stale.
     fn lock_account(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Starts a savepoint inside the batch: what follows can be undone alone.
+    fn savepoint(&self, name: &'static str) -> Result<(), StoreError>;
+
+    /// Keeps what was done since the savepoint, and forgets the savepoint.
+    fn release_savepoint(&self, name: &'static str) -> Result<(), StoreError>;
+
+    /// Undoes what was done since the savepoint (which stays, to be released).
+    fn rollback_to_savepoint(&self, name: &'static str) -> Result<(), StoreError>;
 
     /// Commits the batch; `touched` are the accounts whose state it changed.
     fn commit_batch(&self, touched: &[&str]) -> Result<(), StoreError>;

@@ -391,7 +391,7 @@ fn opt_count(n: Option<u64>) -> Result<Option<i64>, Corrupt> {
 }
 
 pub fn upsert_grant(conn: &dyn Db, g: &Grant) -> Result<(), StoreError> {
-    conn.write(
+    conn.write_keyed(
         &format!(
             "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (id) DO UPDATE SET
@@ -417,7 +417,7 @@ pub fn upsert_grant(conn: &dyn Db, g: &Grant) -> Result<(), StoreError> {
 }
 
 pub fn upsert_hold(conn: &dyn Db, h: &Hold) -> Result<(), StoreError> {
-    conn.write(
+    conn.write_keyed(
         &format!(
             "INSERT INTO holds ({HOLD_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
@@ -516,7 +516,7 @@ pub fn insert_usage(conn: &dyn Db, u: &UsageRecord) -> Result<(), StoreError> {
 }
 
 pub fn upsert_subscription(conn: &dyn Db, s: &Subscription) -> Result<(), StoreError> {
-    conn.write(
+    conn.write_keyed(
         &format!(
             "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
@@ -586,7 +586,7 @@ pub fn write_changes(conn: &dyn Db, state: &AccountState, changes: &Changes) -> 
         upsert_grant(conn, g)?;
     }
     if changes.account {
-        conn.write(
+        conn.write_keyed(
             "UPDATE accounts SET wallet_balance = ?2, wallet_held = ?3, windows = ?4, gifts_week = ?5, gifts_month = ?6
              WHERE id = ?1",
             params![
@@ -599,7 +599,7 @@ pub fn write_changes(conn: &dyn Db, state: &AccountState, changes: &Changes) -> 
             ],
         )?;
     } else if changes.wallet {
-        conn.write(
+        conn.write_keyed(
             "UPDATE accounts SET wallet_balance = ?2, wallet_held = ?3 WHERE id = ?1",
             params![state.account_id, state.wallet.balance.units(), state.wallet.held.units()],
         )?;

@@ -1,6 +1,11 @@
-//! The [`Store`] over either backend: one writer thread with its batching
-//! [`Writer`], and a small pool of read connections used from blocking
+//! The [`Store`] over either backend: writer threads with their batching
+//! [`Writer`]s, and a small pool of read connections used from blocking
 //! threads.
+//!
+//! SQLite has one writer (the database has one write lock). PostgreSQL can
+//! have several, each with its own connection and transactions: accounts are
+//! hashed over them, so every command of an account goes to the same writer
+//! and its cache, and the writers' batches run in parallel on the server.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -103,9 +108,9 @@ impl<C> Clone for SqlStore<C> {
 }
 
 struct Inner<C> {
-    /// `Option` so that `Drop` can close the queue before joining the writer.
-    sender: Option<mpsc::Sender<Job>>,
-    writer: Option<JoinHandle<()>>,
+    /// Emptied by `Drop` to close the queues before joining the writers.
+    senders: Vec<mpsc::Sender<Job>>,
+    writers: Vec<JoinHandle<()>>,
     /// `Option` so that `Drop` can close the readers first.
     readers: Option<Arc<ReadPool<C>>>,
     clock: Arc<dyn Clock>,
@@ -121,11 +126,11 @@ impl<C> Drop for Inner<C> {
         self.readers.take();
         // Closing the queue lets the writer finish what is queued and stop;
         // joining it means its connection is closed when drop returns.
-        self.sender.take();
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("the writer thread panicked");
+        self.senders.clear();
+        for writer in self.writers.drain(..) {
+            if writer.join().is_err() {
+                tracing::error!("a writer thread panicked");
+            }
         }
     }
 }
@@ -155,28 +160,38 @@ impl<C> SqlStore<C> {
 }
 
 impl<C: Db + Send + 'static> SqlStore<C> {
-    /// Starts the writer thread on `writer` (a migrated database) with
-    /// `readers` for reads.
+    /// Starts a writer thread on each of `writers` (connections to a
+    /// migrated database; at least one) with `readers` for reads.
     pub fn start<W: WriterDb + Send + 'static>(
-        writer: W,
+        writers: Vec<W>,
         readers: Vec<C>,
         config: EngineConfig,
         limits: WriterLimits,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let book = rows::load_book(&writer)?;
-        let plans = rows::load_plans(&writer)?;
+        let first = writers.first().ok_or_else(|| StoreError::Internal("a store needs a writer".into()))?;
+        let book = rows::load_book(first)?;
+        let plans = rows::load_plans(first)?;
         let stats = Arc::new(Stats::default());
-        let (sender, receiver) = mpsc::channel(limits.queue_depth.max(1));
-        let writer = Writer::new(writer, config.clone(), limits, clock.clone(), book, plans, stats.clone());
-        let handle = std::thread::Builder::new()
-            .name("creditd-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for (number, conn) in writers.into_iter().enumerate() {
+            let (sender, receiver) = mpsc::channel(limits.queue_depth.max(1));
+            let mut writer =
+                Writer::new(conn, config.clone(), limits, clock.clone(), book.clone(), plans.clone(), stats.clone());
+            // One idle sweeper is enough: it reaches every account.
+            writer.sweeps = number == 0;
+            let handle = std::thread::Builder::new()
+                .name(format!("creditd-writer-{number}"))
+                .spawn(move || writer.run(receiver))
+                .map_err(|e| StoreError::Internal(format!("cannot start a writer thread: {e}")))?;
+            senders.push(sender);
+            handles.push(handle);
+        }
         Ok(SqlStore {
             inner: Arc::new(Inner {
-                sender: Some(sender),
-                writer: Some(handle),
+                senders,
+                writers: handles,
                 readers: Some(Arc::new(ReadPool::new(readers))),
                 clock,
                 stats,
@@ -251,7 +266,21 @@ impl<C: Db + Send + 'static> SqlReader<C> {
 #[async_trait]
 impl<C: Db + Send + 'static> Store for SqlStore<C> {
     async fn execute(&self, command: Command, idempotent: Option<Idempotent>) -> Result<Reply, StoreError> {
-        let sender = self.inner.sender.as_ref().ok_or_else(|| StoreError::Internal("the store is closed".into()))?;
+        let senders = &self.inner.senders;
+        // Each account always to the same writer; the rest to the first.
+        let account = match &command {
+            Command::CreateAccount { id, .. } => Some(id.as_str()),
+            other => other.account_id(),
+        };
+        let shard = match account {
+            Some(id) if senders.len() > 1 => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(id, &mut hasher);
+                (std::hash::Hasher::finish(&hasher) % senders.len() as u64) as usize
+            }
+            _ => 0,
+        };
+        let sender = senders.get(shard).ok_or_else(|| StoreError::Internal("the store is closed".into()))?;
         let (reply, answer) = oneshot::channel();
         sender
             .send(Job { command, idempotent, reply: Some(reply) })

@@ -92,6 +92,8 @@ pub struct Writer<C> {
     stats: Arc<Stats>,
     batch_max: usize,
     sweep_queue: VecDeque<String>,
+    /// Whether this writer runs the idle sweeper (one writer of a store does).
+    pub sweeps: bool,
     /// `(account, request id)` pairs of the open batch that the store had
     /// not seen when it began: their lookups are skipped, once each.
     unseen: HashSet<(String, String)>,
@@ -188,6 +190,7 @@ impl<C: WriterDb> Writer<C> {
             batch_max: limits.batch_max.max(1),
             sweep_queue: VecDeque::new(),
             unseen: HashSet::new(),
+            sweeps: true,
         }
     }
 
@@ -202,7 +205,7 @@ impl<C: WriterDb> Writer<C> {
         }
         let mut last_scan = Instant::now();
         loop {
-            if self.sweep_queue.is_empty() && last_scan.elapsed() >= SWEEP_EVERY && rx.is_empty() {
+            if self.sweeps && self.sweep_queue.is_empty() && last_scan.elapsed() >= SWEEP_EVERY && rx.is_empty() {
                 self.scan_due();
                 last_scan = Instant::now();
             }
@@ -415,13 +418,13 @@ impl<C: WriterDb> Writer<C> {
         background: bool,
         touched: &mut Vec<String>,
     ) -> Result<Reply, StoreError> {
-        self.conn.control("SAVEPOINT command")?;
+        self.conn.savepoint("command")?;
         // The engine asserts what it believes cannot happen; if it ever
         // does, one caller gets an error instead of every caller losing the
         // writer. The cache is safe: only `keep` below changes it.
         let outcome = catch_unwind(AssertUnwindSafe(|| self.apply_keyed(command, idempotent, background)))
             .unwrap_or_else(|_| Err(StoreError::Internal("the command failed unexpectedly".into())));
-        let outcome = outcome.and_then(|done| self.conn.control("RELEASE command").map(|()| done));
+        let outcome = outcome.and_then(|done| self.conn.release_savepoint("command").map(|()| done));
         match outcome {
             Ok((reply, pending)) => {
                 if let Pending::Account { state, .. } = &pending {
@@ -431,8 +434,8 @@ impl<C: WriterDb> Writer<C> {
                 Ok(reply)
             }
             Err(e) => {
-                let _ = self.conn.control("ROLLBACK TO command");
-                let _ = self.conn.control("RELEASE command");
+                let _ = self.conn.rollback_to_savepoint("command");
+                let _ = self.conn.release_savepoint("command");
                 Err(e)
             }
         }

@@ -95,6 +95,18 @@ impl WriterDb for Connection {
         Ok(false)
     }
 
+    fn savepoint(&self, name: &'static str) -> Result<(), StoreError> {
+        self.control(&format!("SAVEPOINT {name}"))
+    }
+
+    fn release_savepoint(&self, name: &'static str) -> Result<(), StoreError> {
+        self.control(&format!("RELEASE {name}"))
+    }
+
+    fn rollback_to_savepoint(&self, name: &'static str) -> Result<(), StoreError> {
+        self.control(&format!("ROLLBACK TO {name}"))
+    }
+
     fn commit_batch(&self, _touched: &[&str]) -> Result<(), StoreError> {
         self.control("COMMIT")
     }

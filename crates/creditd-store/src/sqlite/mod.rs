@@ -102,7 +102,7 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let conn = open_writer_connection(path)?;
         schema::migrate(&conn)?;
-        SqlStore::start(conn, open_readers(path, READERS)?, config, limits, clock)
+        SqlStore::start(vec![conn], open_readers(path, READERS)?, config, limits, clock)
     }
 
     /// Only creates or upgrades the schema (`creditd migrate`).

@@ -327,15 +327,15 @@ impl<C: WriterDb> Writer<C> {
         } else {
             // The effect in a savepoint of its own: a refusal part way
             // leaves nothing behind, and the event is still recorded.
-            self.conn.control("SAVEPOINT effect")?;
+            self.conn.savepoint("effect")?;
             let result = self.webhook_effect(&record.provider, action, &mut found, background);
             let result = match result {
                 Ok(Outcome::Applied { pending, reason }) => {
-                    self.conn.control("RELEASE effect").map(|()| Outcome::Applied { pending, reason })
+                    self.conn.release_savepoint("effect").map(|()| Outcome::Applied { pending, reason })
                 }
                 other => {
-                    self.conn.control("ROLLBACK TO effect")?;
-                    self.conn.control("RELEASE effect")?;
+                    self.conn.rollback_to_savepoint("effect")?;
+                    self.conn.release_savepoint("effect")?;
                     other
                 }
             };
