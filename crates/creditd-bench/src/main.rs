@@ -48,6 +48,9 @@ enum Bench {
         /// Store instances on the PostgreSQL database, callers spread over them.
         #[arg(long, default_value_t = 1)]
         instances: u32,
+        /// Writers per PostgreSQL store instance (`WriterLimits::writers`).
+        #[arg(long, default_value_t = WriterLimits::default().writers)]
+        writers: usize,
     },
     /// Creates (or fills) a database with the bench model and N funded
     /// accounts `acct-0…`, for an HTTP benchmark of `creditd serve` on it.
@@ -112,13 +115,14 @@ struct Inprocess {
     hot: bool,
     postgres: Option<String>,
     instances: u32,
+    writers: usize,
 }
 
 /// The stores the callers charge through, and what keeps their database.
 fn open_stores(args: &Inprocess, dir: &tempfile::TempDir) -> Result<Vec<Arc<dyn Store>>> {
     let open = |url: &str| -> Result<Arc<dyn Store>> {
-        let store = PgStore::connect(url, EngineConfig::default(), WriterLimits::default(), Arc::new(SystemClock))
-            .context("connect")?;
+        let limits = WriterLimits { writers: args.writers, ..WriterLimits::default() };
+        let store = PgStore::connect(url, EngineConfig::default(), limits, Arc::new(SystemClock)).context("connect")?;
         Ok(Arc::new(store))
     };
     match &args.postgres {
@@ -195,7 +199,7 @@ async fn inprocess(args: Inprocess) -> Result<()> {
     let total = done.load(Ordering::Relaxed);
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
     let backend = match &args.postgres {
-        Some(_) => format!("postgres instances={}", stores.len()),
+        Some(_) => format!("postgres instances={} writers={}", stores.len(), args.writers),
         None => "sqlite".to_string(),
     };
     println!(
@@ -237,8 +241,8 @@ fn rss_mb() -> u64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().bench {
-        Bench::Inprocess { accounts, callers, seconds, hot, postgres, instances } => {
-            inprocess(Inprocess { accounts, callers, seconds, hot, postgres, instances }).await
+        Bench::Inprocess { accounts, callers, seconds, hot, postgres, instances, writers } => {
+            inprocess(Inprocess { accounts, callers, seconds, hot, postgres, instances, writers }).await
         }
         Bench::Export(args) => export::run(args).await,
         Bench::Seed { db, accounts } => {

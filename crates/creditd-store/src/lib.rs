@@ -74,7 +74,7 @@ pub struct WriterLimits {
 
 impl Default for WriterLimits {
     fn default() -> Self {
-        WriterLimits { queue_depth: 8192, batch_max: 512, cached_accounts: 100_000, writers: 4 }
+        WriterLimits { queue_depth: 8192, batch_max: 512, cached_accounts: 100_000, writers: 2 }
     }
 }
 

@@ -91,17 +91,135 @@ impl Owned {
     }
 }
 
+/// How a deferred write may be combined with others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// [`Db::write_keyed`]: only the last per statement and key is sent.
+    Keyed,
+    /// [`Db::append`].
+    Append,
+}
+
 /// A statement waiting to be sent.
 enum Deferred {
     Control(String),
-    /// `keyed`: see [`Db::write_keyed`].
     Write {
         stmt: Statement,
         /// The statement's number (`PgConn::prepared`).
         number: usize,
         params: Vec<Owned>,
-        keyed: bool,
+        kind: Kind,
     },
+    /// Several rows of one `INSERT`, as one statement over arrays.
+    Rows {
+        stmt: Statement,
+        columns: Vec<Column>,
+    },
+}
+
+/// The values of one column of merged rows, bound as an array.
+#[derive(Debug)]
+enum Column {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+}
+
+impl ToSql for Column {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            Column::Int(values) => values.to_sql(ty, out),
+            Column::Text(values) => values.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// `INSERT INTO t (a, b) VALUES (?1, ?2) <rest>` as the same insert of
+/// every row of arrays: `INSERT INTO t (a, b) SELECT c1, c2 FROM
+/// unnest($1::int8[], $2::text[]) WITH ORDINALITY AS u(c1, c2, n) ORDER BY n
+/// <rest>`. `None` for any other shape.
+fn unnest_sql(sql: &str, types: &[Type]) -> Option<String> {
+    let values = sql.find("VALUES (")?;
+    let open = values + "VALUES ".len();
+    let close = open + sql[open..].find(')')?;
+    let placeholders: Vec<&str> = sql[open + 1..close].split(',').map(str::trim).collect();
+    let in_order = placeholders.iter().enumerate().all(|(i, p)| *p == format!("?{}", i + 1));
+    if !in_order || placeholders.len() != types.len() || !sql.trim_start().starts_with("INSERT") {
+        return None;
+    }
+    let names: Vec<String> = (1..=types.len()).map(|i| format!("c{i}")).collect();
+    let arrays: Vec<String> = types.iter().enumerate().map(|(i, ty)| format!("${}::{}[]", i + 1, ty.name())).collect();
+    Some(format!(
+        "{}SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n{}",
+        &sql[..values],
+        names.join(", "),
+        arrays.join(", "),
+        names.join(", "),
+        &sql[close + 1..]
+    ))
+}
+
+/// `UPDATE t SET a = ?2, b = ?3 WHERE id = ?1` as the same update of every
+/// row of arrays: `UPDATE t SET a = u.c2, b = u.c3 FROM unnest($1::text[],
+/// $2::int8[], $3::text[]) AS u(c1, c2, c3) WHERE t.id = u.c1`. Only for keyed
+/// writes, whose keys are unique in a batch. `None` for any other shape.
+fn update_sql(sql: &str, types: &[Type]) -> Option<String> {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let text = words.join(" ");
+    let rest = text.strip_prefix("UPDATE ")?;
+    let (table, rest) = rest.split_once(" SET ")?;
+    let (sets, key) = rest.rsplit_once(" WHERE ")?;
+    let key = key.strip_suffix(" = ?1")?;
+    let mut assignments = Vec::new();
+    for set in sets.split(", ") {
+        let (column, value) = set.split_once(" = ")?;
+        let number: usize = value.strip_prefix('?')?.parse().ok()?;
+        if number < 2 || number > types.len() || !column.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        assignments.push(format!("{column} = u.c{number}"));
+    }
+    if assignments.len() + 1 != types.len() {
+        return None;
+    }
+    let names: Vec<String> = (1..=types.len()).map(|i| format!("c{i}")).collect();
+    let arrays: Vec<String> = types.iter().enumerate().map(|(i, ty)| format!("${}::{}[]", i + 1, ty.name())).collect();
+    Some(format!(
+        "UPDATE {table} SET {} FROM unnest({}) AS u({}) WHERE {table}.{key} = u.c1",
+        assignments.join(", "),
+        arrays.join(", "),
+        names.join(", ")
+    ))
+}
+
+/// The rows' values by column, if every value fits its column's type.
+fn columns(types: &[Type], rows: Vec<Vec<Owned>>) -> Option<Vec<Column>> {
+    let mut columns: Vec<Column> = types
+        .iter()
+        .map(|ty| match *ty {
+            Type::INT8 => Some(Column::Int(Vec::with_capacity(rows.len()))),
+            Type::TEXT => Some(Column::Text(Vec::with_capacity(rows.len()))),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    for row in rows {
+        for (column, value) in columns.iter_mut().zip(row) {
+            match (column, value) {
+                (Column::Int(values), Owned::Int(n)) => values.push(Some(n)),
+                (Column::Int(values), Owned::Null) => values.push(None),
+                (Column::Text(values), Owned::Text(s)) => values.push(Some(s)),
+                (Column::Text(values), Owned::Null) => values.push(None),
+                _ => return None,
+            }
+        }
+    }
+    Some(columns)
 }
 
 /// Where an open savepoint is.
@@ -120,7 +238,7 @@ fn drop_superseded(deferred: &mut Vec<Deferred>) {
     let mut seen = HashSet::new();
     let mut keep = vec![true; deferred.len()];
     for (i, d) in deferred.iter().enumerate().rev() {
-        if let Deferred::Write { number, params, keyed: true, .. } = d
+        if let Deferred::Write { number, params, kind: Kind::Keyed, .. } = d
             && let Some(Owned::Text(key)) = params.first()
             && !seen.insert((*number, key.as_str()))
         {
@@ -184,6 +302,10 @@ pub struct PgConn {
     client: RefCell<Client>,
     /// Prepared statements by SQL text, each with a number of its own.
     statements: RefCell<HashMap<String, (Statement, usize)>>,
+    /// The SQL of each prepared statement, by number.
+    texts: RefCell<Vec<String>>,
+    /// By statement number: its form over arrays, if it has one.
+    merged: RefCell<HashMap<usize, Option<String>>>,
     deferred: RefCell<Vec<Deferred>>,
     /// Open savepoints, innermost last.
     savepoints: RefCell<Vec<(&'static str, Savepoint)>>,
@@ -237,6 +359,8 @@ impl PgConn {
             runtime: Some(runtime),
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
+            texts: RefCell::new(Vec::new()),
+            merged: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
             savepoints: RefCell::new(Vec::new()),
             failed: Cell::new(false),
@@ -258,6 +382,8 @@ impl PgConn {
         tracing::warn!("reconnecting to PostgreSQL");
         *self.client.borrow_mut() = connect_client(self.runtime(), &self.url)?;
         self.statements.borrow_mut().clear();
+        self.texts.borrow_mut().clear();
+        self.merged.borrow_mut().clear();
         self.versions.borrow_mut().clear();
         self.book_version.set(None);
         Ok(())
@@ -290,6 +416,7 @@ impl PgConn {
         let mut statements = self.statements.borrow_mut();
         let number = statements.len();
         statements.insert(sql.to_string(), (stmt.clone(), number));
+        self.texts.borrow_mut().push(sql.to_string());
         Ok((stmt, number))
     }
 
@@ -303,6 +430,7 @@ impl PgConn {
         }
         let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
         drop_superseded(&mut deferred);
+        let mut deferred = self.merge_rows(deferred)?;
         // Savepoints not sent yet go out now, each where it stands: a
         // rollback to one may still follow.
         for (name, place) in self.savepoints.borrow_mut().iter_mut().rev() {
@@ -318,7 +446,7 @@ impl PgConn {
                 .iter()
                 .map(|d| match d {
                     Deferred::Write { params, .. } => params.iter().map(Owned::param).collect(),
-                    Deferred::Control(_) => Vec::new(),
+                    Deferred::Control(_) | Deferred::Rows { .. } => Vec::new(),
                 })
                 .collect();
             let refs: Vec<Vec<&(dyn ToSql + Sync)>> =
@@ -326,6 +454,11 @@ impl PgConn {
             let sends = deferred.iter().zip(&refs).map(|(d, refs)| async move {
                 match d {
                     Deferred::Write { stmt, .. } => client.execute(stmt, refs).await.map(drop),
+                    Deferred::Rows { stmt, columns } => {
+                        let arrays: Vec<&(dyn ToSql + Sync)> =
+                            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                        client.execute(stmt, &arrays).await.map(drop)
+                    }
                     Deferred::Control(sql) => client.batch_execute(sql).await,
                 }
             });
@@ -350,13 +483,96 @@ impl PgConn {
         self.flush_then(async |_| Ok(()))
     }
 
-    fn defer(&self, sql: &str, params: &[Param<'_>], keyed: bool) -> Result<(), StoreError> {
+    /// Sends the appended or keyed rows of one `INSERT` statement as one
+    /// statement over arrays. Only within a stretch of such writes: a plain
+    /// write or a savepoint may depend on what came before it (a new
+    /// account's row, a record it marks refunded), so rows never move past
+    /// one. Inside a stretch, the rows of different tables do not depend on
+    /// each other, and each table's rows keep their order.
+    fn merge_rows(&self, deferred: Vec<Deferred>) -> Result<Vec<Deferred>, StoreError> {
+        let candidate = |d: &Deferred| matches!(d, Deferred::Write { kind: Kind::Append | Kind::Keyed, .. });
+        if deferred.iter().filter(|d| candidate(d)).count() < 2 {
+            return Ok(deferred);
+        }
+        let mut out = Vec::with_capacity(deferred.len());
+        // Per statement number in the current stretch: the index in `out`
+        // of its first write, and the rows that follow it.
+        let mut groups: HashMap<usize, (usize, Vec<Vec<Owned>>)> = HashMap::new();
+        for d in deferred {
+            match d {
+                Deferred::Write { number, params, kind: kind @ (Kind::Append | Kind::Keyed), stmt } => {
+                    // A statement of another shape stays as it is, where it is.
+                    if self.merged_sql(number, &stmt).is_none() {
+                        out.push(Deferred::Write { stmt, number, params, kind });
+                        continue;
+                    }
+                    match groups.get_mut(&number) {
+                        Some((_, rows)) => rows.push(params),
+                        None => {
+                            groups.insert(number, (out.len(), Vec::new()));
+                            out.push(Deferred::Write { stmt, number, params, kind: Kind::Append });
+                        }
+                    }
+                }
+                other => {
+                    self.close_groups(&mut out, &mut groups)?;
+                    out.push(other);
+                }
+            }
+        }
+        self.close_groups(&mut out, &mut groups)?;
+        Ok(out)
+    }
+
+    /// The statement over arrays for rows of statement `number`, if it is a
+    /// one-row `INSERT` of integers and text (worked out once).
+    fn merged_sql(&self, number: usize, stmt: &Statement) -> Option<String> {
+        if let Some(known) = self.merged.borrow().get(&number) {
+            return known.clone();
+        }
+        let types = stmt.params();
+        let supported = types.iter().all(|ty| *ty == Type::INT8 || *ty == Type::TEXT);
+        let sql = self
+            .texts
+            .borrow()
+            .get(number)
+            .and_then(|text| unnest_sql(text, types).or_else(|| update_sql(text, types)))
+            .filter(|_| supported);
+        self.merged.borrow_mut().insert(number, sql.clone());
+        sql
+    }
+
+    /// Replaces each group's first write by one statement for all its rows.
+    fn close_groups(
+        &self,
+        out: &mut [Deferred],
+        groups: &mut HashMap<usize, (usize, Vec<Vec<Owned>>)>,
+    ) -> Result<(), StoreError> {
+        for (number, (at, more)) in groups.drain() {
+            if more.is_empty() {
+                continue;
+            }
+            let Deferred::Write { stmt, params, .. } = &mut out[at] else { continue };
+            let types = stmt.params().to_vec();
+            let Some(sql) = self.merged_sql(number, stmt) else {
+                return Err(StoreError::Internal(format!("rows of statement {number} cannot be merged")));
+            };
+            let rows: Vec<Vec<Owned>> = std::iter::once(std::mem::take(params)).chain(more).collect();
+            let Some(columns) = columns(&types, rows) else {
+                return Err(StoreError::Internal(format!("rows of statement {number} do not fit its columns")));
+            };
+            out[at] = Deferred::Rows { stmt: self.statement(&sql)?, columns };
+        }
+        Ok(())
+    }
+
+    fn defer(&self, sql: &str, params: &[Param<'_>], kind: Kind) -> Result<(), StoreError> {
         let (stmt, number) = self.prepared(sql)?;
         self.deferred.borrow_mut().push(Deferred::Write {
             stmt,
             number,
             params: params.iter().map(Owned::of).collect(),
-            keyed,
+            kind,
         });
         Ok(())
     }
@@ -395,11 +611,15 @@ impl Db for PgConn {
     }
 
     fn write(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
-        self.defer(sql, params, false)
+        self.defer(sql, params, Kind::Plain)
     }
 
     fn write_keyed(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
-        self.defer(sql, params, true)
+        self.defer(sql, params, Kind::Keyed)
+    }
+
+    fn append(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
+        self.defer(sql, params, Kind::Append)
     }
 
     fn query_each(
@@ -536,6 +756,29 @@ impl WriterDb for PgConn {
 #[cfg(test)]
 mod tests {
     use super::renumber;
+
+    #[test]
+    fn one_row_statements_become_statements_over_arrays() {
+        use tokio_postgres::types::Type;
+        let types = [Type::TEXT, Type::INT8, Type::TEXT];
+        assert_eq!(
+            super::unnest_sql("INSERT INTO t (a, b, c) VALUES (?1, ?2,\n ?3) ON CONFLICT (a) DO NOTHING", &types)
+                .as_deref(),
+            Some(
+                "INSERT INTO t (a, b, c) SELECT c1, c2, c3 FROM unnest($1::text[], $2::int8[], $3::text[]) \
+                 WITH ORDINALITY AS u(c1, c2, c3, n) ORDER BY n ON CONFLICT (a) DO NOTHING"
+            )
+        );
+        assert_eq!(super::unnest_sql("INSERT INTO t (a, b, c) VALUES (?1, ?3, ?2)", &types), None);
+        assert_eq!(
+            super::update_sql("UPDATE t SET b = ?2, c = ?3\n WHERE a = ?1", &types).as_deref(),
+            Some(
+                "UPDATE t SET b = u.c2, c = u.c3 FROM unnest($1::text[], $2::int8[], $3::text[]) AS u(c1, c2, c3) WHERE t.a = u.c1"
+            )
+        );
+        assert_eq!(super::update_sql("UPDATE t SET b = b + ?2, c = ?3 WHERE a = ?1", &types), None);
+        assert_eq!(super::update_sql("UPDATE t SET b = ?2 WHERE a = ?1", &types), None);
+    }
 
     #[test]
     fn placeholders_are_renumbered_outside_text() {

@@ -201,6 +201,13 @@ pub trait Db {
         self.write(sql, params)
     }
 
+    /// A write that inserts one row, `INSERT INTO t (…) VALUES (?1, …, ?N)`,
+    /// into a table only ever appended to: a backend may send several of the
+    /// same statement as one, rows in order.
+    fn append(&self, sql: &str, params: &[Param<'_>]) -> Result<(), StoreError> {
+        self.write(sql, params)
+    }
+
     /// Calls `each` for every row the query returns, in order.
     fn query_each(
         &self,

@@ -448,7 +448,7 @@ pub fn upsert_hold(conn: &dyn Db, h: &Hold) -> Result<(), StoreError> {
 
 pub fn insert_entry(conn: &dyn Db, e: &LedgerEntry) -> Result<(), StoreError> {
     let (reference_kind, reference_id) = reference_parts(&e.reference);
-    conn.write(
+    conn.append(
         &format!("INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
         params![
             e.id,
@@ -468,7 +468,7 @@ pub fn insert_entry(conn: &dyn Db, e: &LedgerEntry) -> Result<(), StoreError> {
 pub fn insert_usage(conn: &dyn Db, u: &UsageRecord) -> Result<(), StoreError> {
     let n = codec::to_i64;
     let d = &u.details;
-    conn.write(
+    conn.append(
         &format!(
             "INSERT INTO usage_records ({USAGE_COLUMNS}) VALUES (
                  ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
