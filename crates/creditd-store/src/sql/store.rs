@@ -256,11 +256,6 @@ impl<C: Db + Send + 'static> SqlReader<C> {
     ) -> Result<u64, StoreError> {
         usage::export(self.readers.clone(), account_id.map(str::to_string), filter, sink).await
     }
-
-    /// See [`Store::audit`].
-    pub async fn audit(&self) -> Result<AuditReport, StoreError> {
-        read(&self.readers, |conn| reader::audit(conn)).await
-    }
 }
 
 #[async_trait]
