@@ -14,6 +14,8 @@ use creditd_core::pricing::{FlatRates, ModelPrice, Tier, TokenRates};
 use creditd_core::units::{Credits, Factor, Usd};
 use jiff::Timestamp;
 
+use crate::PortionRef;
+
 /// A stored value that cannot be read back: the database was changed by
 /// something other than this code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,28 +68,35 @@ pub fn encode_portions(parts: &[Portion]) -> String {
 }
 
 pub fn decode_portions(text: &str) -> Result<Vec<Portion>, Corrupt> {
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
-    text.split(';')
+    portion_refs(text)
         .map(|part| {
-            let bad = || corrupt(format!("portion {part:?}"));
-            if let Some(units) = part.strip_prefix("w:") {
-                let amount = units.parse::<i64>().map_err(|_| bad())?;
-                return Ok(Portion { source: Source::Wallet, amount: Credits::from_units(amount) });
-            }
-            let rest = part.strip_prefix("g:").ok_or_else(bad)?;
-            let mut fields = rest.rsplitn(3, ':');
-            let units = fields.next().ok_or_else(bad)?;
-            let kind = fields.next().and_then(GrantKind::parse).ok_or_else(bad)?;
-            let grant_id = fields.next().filter(|id| !id.is_empty()).ok_or_else(bad)?;
-            let amount = units.parse::<i64>().map_err(|_| bad())?;
-            Ok(Portion {
-                source: Source::Grant { grant_id: grant_id.to_string(), kind },
-                amount: Credits::from_units(amount),
-            })
+            let part = part?;
+            let source = match part.grant {
+                Some((grant_id, kind)) => Source::Grant { grant_id: grant_id.to_string(), kind },
+                None => Source::Wallet,
+            };
+            Ok(Portion { source, amount: part.amount })
         })
         .collect()
+}
+
+/// The portions of `encode_portions` text, borrowed (the export reads them
+/// without an allocation per portion).
+pub fn portion_refs(text: &str) -> impl Iterator<Item = Result<PortionRef<'_>, Corrupt>> {
+    text.split(';').filter(move |_| !text.is_empty()).map(|part| {
+        let bad = || corrupt(format!("portion {part:?}"));
+        if let Some(units) = part.strip_prefix("w:") {
+            let amount = units.parse::<i64>().map_err(|_| bad())?;
+            return Ok(PortionRef { grant: None, amount: Credits::from_units(amount) });
+        }
+        let rest = part.strip_prefix("g:").ok_or_else(bad)?;
+        let mut fields = rest.rsplitn(3, ':');
+        let units = fields.next().ok_or_else(bad)?;
+        let kind = fields.next().and_then(GrantKind::parse).ok_or_else(bad)?;
+        let grant_id = fields.next().filter(|id| !id.is_empty()).ok_or_else(bad)?;
+        let amount = units.parse::<i64>().map_err(|_| bad())?;
+        Ok(PortionRef { grant: Some((grant_id, kind)), amount: Credits::from_units(amount) })
+    })
 }
 
 /// Tool names are free text, so each is prefixed with its length in bytes:
@@ -103,17 +112,31 @@ pub fn encode_tools(tools: &[String]) -> String {
 }
 
 pub fn decode_tools(text: &str) -> Result<Vec<String>, Corrupt> {
-    let mut tools = Vec::new();
+    tool_names(text).map(|name| name.map(str::to_string)).collect()
+}
+
+/// The tool names of `encode_tools` text, borrowed.
+pub fn tool_names(text: &str) -> impl Iterator<Item = Result<&str, Corrupt>> {
     let mut rest = text;
-    while !rest.is_empty() {
-        let bad = || corrupt(format!("tools {text:?}"));
-        let (len, after) = rest.split_once(':').ok_or_else(bad)?;
-        let len: usize = len.parse().map_err(|_| bad())?;
-        let name = after.get(..len).ok_or_else(bad)?;
-        tools.push(name.to_string());
-        rest = &after[len..];
-    }
-    Ok(tools)
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let next = rest.split_once(':').and_then(|(len, after)| {
+            let len: usize = len.parse().ok()?;
+            Some((after.get(..len)?, after.get(len..)?))
+        });
+        match next {
+            Some((name, after)) => {
+                rest = after;
+                Some(Ok(name))
+            }
+            None => {
+                rest = "";
+                Some(Err(corrupt(format!("tools {text:?}"))))
+            }
+        }
+    })
 }
 
 /// The request windows: `day:<µs>:<n> week:<µs>:<n> recent:<µs>,<Δµs>,…`
@@ -336,6 +359,31 @@ pub fn decode_price(text: &str) -> Result<ModelPrice, Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_and_portions_read_back_borrowed_and_bad_text_is_refused() {
+        let names = vec!["bash".to_string(), "a:b;c".to_string(), String::new(), "é".to_string()];
+        let text = encode_tools(&names);
+        let parsed: Vec<&str> = tool_names(&text).collect::<Result<_, _>>().unwrap();
+        assert_eq!(parsed, names);
+        assert_eq!(decode_tools(&text), Ok(names));
+        assert_eq!(tool_names("").count(), 0);
+        for bad in ["3:ab", "x:ab", "1", "1:\u{e9}"] {
+            assert!(tool_names(bad).any(|t| t.is_err()), "{bad:?}");
+        }
+        let text = "g:0190-ab:plan_main:1500000;w:-3";
+        let parsed: Vec<PortionRef<'_>> = portion_refs(text).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            parsed[0],
+            PortionRef { grant: Some(("0190-ab", GrantKind::PlanMain)), amount: Credits::from_units(1_500_000) }
+        );
+        assert_eq!(parsed[1], PortionRef { grant: None, amount: Credits::from_units(-3) });
+        assert_eq!(encode_portions(&decode_portions(text).unwrap()), text);
+        assert_eq!(portion_refs("").count(), 0);
+        for bad in ["x", "g:id:promo", "g::promo:1", "g:id:nope:1", "w:1.5"] {
+            assert!(portion_refs(bad).any(|p| p.is_err()), "{bad:?}");
+        }
+    }
 
     fn usd(s: &str) -> Option<Usd> {
         Some(Usd::parse(s).expect("test dollars"))

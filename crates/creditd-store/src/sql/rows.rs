@@ -27,15 +27,15 @@ fn ts(row: &dyn Row, i: usize) -> Result<jiff::Timestamp, StoreError> {
     Ok(codec::timestamp(row.get(i)?)?)
 }
 
-fn ts_opt(row: &dyn Row, i: usize) -> Result<Option<jiff::Timestamp>, StoreError> {
+pub(super) fn ts_opt(row: &dyn Row, i: usize) -> Result<Option<jiff::Timestamp>, StoreError> {
     Ok(row.get::<Option<i64>>(i)?.map(codec::timestamp).transpose()?)
 }
 
-fn count(row: &dyn Row, i: usize) -> Result<u64, StoreError> {
+pub(super) fn count(row: &dyn Row, i: usize) -> Result<u64, StoreError> {
     Ok(codec::to_u64(row.get(i)?)?)
 }
 
-fn count_opt(row: &dyn Row, i: usize) -> Result<Option<u64>, StoreError> {
+pub(super) fn count_opt(row: &dyn Row, i: usize) -> Result<Option<u64>, StoreError> {
     Ok(row.get::<Option<i64>>(i)?.map(codec::to_u64).transpose()?)
 }
 

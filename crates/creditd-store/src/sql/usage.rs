@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use creditd_core::account::{GrantKind, UsageRecord};
+use creditd_core::account::UsageRecord;
 use creditd_core::calendar;
 use creditd_core::pricing::{RequestStatus, Usage};
 use creditd_core::units::{Credits, Usd};
@@ -23,8 +23,8 @@ use super::rows::{self, USAGE_COLUMNS};
 use super::store::{ReadPool, read};
 use super::{Db, DbExt, Param, Row};
 use crate::{
-    EXPORT_BATCH_ROWS, ExportSink, GroupBy, Page, Paged, PortionRef, SUMMARY_ROWS_MAX, StoreError, SummaryRow,
-    UsageBatch, UsageFields, UsageFilter, UsageSummary, UsageTotals,
+    EXPORT_BATCH_ROWS, ExportSink, GroupBy, Page, Paged, SUMMARY_ROWS_MAX, StoreError, SummaryRow, UsageBatch,
+    UsageFields, UsageFilter, UsageSummary, UsageTotals,
 };
 
 /// The parameters `?1`…`?8` of every usage query: the account, then the filter.
@@ -139,61 +139,6 @@ fn max_seq(conn: &dyn Db) -> Result<i64, StoreError> {
     conn.query_one("SELECT COALESCE(MAX(seq), 0) FROM usage_records", &[], |row| row.get::<i64>(0))
 }
 
-fn count_at(row: &dyn Row, i: usize) -> Result<u64, StoreError> {
-    Ok(codec::to_u64(row.get(i)?)?)
-}
-
-fn opt_count_at(row: &dyn Row, i: usize) -> Result<Option<u64>, StoreError> {
-    Ok(row.get::<Option<i64>>(i)?.map(codec::to_u64).transpose()?)
-}
-
-fn opt_time_at(row: &dyn Row, i: usize) -> Result<Option<Timestamp>, StoreError> {
-    Ok(row.get::<Option<i64>>(i)?.map(codec::timestamp).transpose()?)
-}
-
-/// The tool names of `codec::encode_tools` text, borrowed.
-fn tools(text: &str) -> impl Iterator<Item = Result<&str, Corrupt>> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let bad = || Corrupt(format!("tools {text:?}"));
-        let next = rest.split_once(':').and_then(|(len, after)| {
-            let len: usize = len.parse().ok()?;
-            Some((after.get(..len)?, after.get(len..)?))
-        });
-        match next {
-            Some((name, after)) => {
-                rest = after;
-                Some(Ok(name))
-            }
-            None => {
-                rest = "";
-                Some(Err(bad()))
-            }
-        }
-    })
-}
-
-/// The portions of `codec::encode_portions` text, borrowed.
-fn portions(text: &str) -> impl Iterator<Item = Result<PortionRef<'_>, Corrupt>> {
-    text.split(';').filter(move |_| !text.is_empty()).map(|part| {
-        let bad = || Corrupt(format!("portion {part:?}"));
-        if let Some(units) = part.strip_prefix("w:") {
-            let amount = units.parse::<i64>().map_err(|_| bad())?;
-            return Ok(PortionRef { grant: None, amount: Credits::from_units(amount) });
-        }
-        let rest = part.strip_prefix("g:").ok_or_else(bad)?;
-        let mut fields = rest.rsplitn(3, ':');
-        let units = fields.next().ok_or_else(bad)?;
-        let kind = fields.next().and_then(GrantKind::parse).ok_or_else(bad)?;
-        let grant_id = fields.next().filter(|id| !id.is_empty()).ok_or_else(bad)?;
-        let amount = units.parse::<i64>().map_err(|_| bad())?;
-        Ok(PortionRef { grant: Some((grant_id, kind)), amount: Credits::from_units(amount) })
-    })
-}
-
 /// `USAGE_COLUMNS, seq` without the fingerprint, an idempotency detail that
 /// no export shows (a record exported has an empty one): a column fewer to
 /// read a row.
@@ -220,26 +165,26 @@ fn push_row(batch: &mut UsageBatch, row: &dyn Row) -> Result<Position, StoreErro
         price_version: row.get(6)?,
         status,
         usage: Usage {
-            input_tokens: count_at(row, 8)?,
-            cache_read_tokens: count_at(row, 9)?,
-            cache_write_tokens: count_at(row, 10)?,
-            output_tokens: count_at(row, 11)?,
-            images: count_at(row, 12)?,
-            tool_calls: count_at(row, 13)?,
-            reasoning_tokens: count_at(row, 14)?,
-            system_tokens: count_at(row, 15)?,
-            context_tokens: count_at(row, 16)?,
+            input_tokens: rows::count(row, 8)?,
+            cache_read_tokens: rows::count(row, 9)?,
+            cache_write_tokens: rows::count(row, 10)?,
+            output_tokens: rows::count(row, 11)?,
+            images: rows::count(row, 12)?,
+            tool_calls: rows::count(row, 13)?,
+            reasoning_tokens: rows::count(row, 14)?,
+            system_tokens: rows::count(row, 15)?,
+            context_tokens: rows::count(row, 16)?,
         },
         project: row.text(17)?,
         conversation: row.text(18)?,
         region: row.text(19)?,
-        started_at: opt_time_at(row, 20)?,
-        finished_at: opt_time_at(row, 21)?,
-        latency_ms: opt_count_at(row, 22)?,
-        retries: opt_count_at(row, 23)?,
-        iterations: opt_count_at(row, 24)?,
-        external_calls: opt_count_at(row, 25)?,
-        context_bytes: opt_count_at(row, 26)?,
+        started_at: rows::ts_opt(row, 20)?,
+        finished_at: rows::ts_opt(row, 21)?,
+        latency_ms: rows::count_opt(row, 22)?,
+        retries: rows::count_opt(row, 23)?,
+        iterations: rows::count_opt(row, 24)?,
+        external_calls: rows::count_opt(row, 25)?,
+        context_bytes: rows::count_opt(row, 26)?,
         metadata: row.text(28)?,
         cost_usd: Usd::from_units(row.get(29)?),
         credits: Credits::from_units(row.get(30)?),
@@ -248,7 +193,7 @@ fn push_row(batch: &mut UsageBatch, row: &dyn Row) -> Result<Position, StoreErro
         refunded: row.get(34)?,
         recorded_at: codec::timestamp(recorded_at)?,
     };
-    batch.try_push(&fields, tools(row.str(27)?), portions(row.str(31)?))?;
+    batch.try_push(&fields, codec::tool_names(row.str(27)?), codec::portion_refs(row.str(31)?))?;
     Ok((recorded_at, row.get(36)?))
 }
 
@@ -567,28 +512,6 @@ fn summary_by_day(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn borrowed_parsers_agree_with_the_codec() {
-        let names = vec!["bash".to_string(), "a:b;c".to_string(), String::new(), "é".to_string()];
-        let text = codec::encode_tools(&names);
-        let parsed: Vec<&str> = tools(&text).collect::<Result<_, _>>().unwrap();
-        assert_eq!(parsed, names);
-        assert_eq!(tools("").count(), 0);
-        for bad in ["3:ab", "x:ab", "1", "1:\u{e9}"] {
-            assert!(tools(bad).any(|t| t.is_err()), "{bad:?}");
-        }
-        let text = "g:0190-ab:plan_main:1500000;w:-3";
-        let decoded = codec::decode_portions(text).unwrap();
-        let parsed: Vec<PortionRef<'_>> = portions(text).collect::<Result<_, _>>().unwrap();
-        assert_eq!(parsed.len(), decoded.len());
-        assert_eq!(parsed[0], PortionRef { grant: Some(("0190-ab", GrantKind::PlanMain)), amount: decoded[0].amount });
-        assert_eq!(parsed[1], PortionRef { grant: None, amount: decoded[1].amount });
-        assert_eq!(portions("").count(), 0);
-        for bad in ["x", "g:id:promo", "g::promo:1", "g:id:nope:1", "w:1.5"] {
-            assert!(portions(bad).any(|p| p.is_err()), "{bad:?}");
-        }
-    }
 
     #[test]
     fn export_columns_are_the_usage_columns_but_the_fingerprint() {
