@@ -6,6 +6,7 @@
 //! store instances (each its own writer, as separate `creditd serve`s would be).
 
 mod export;
+mod history;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,10 @@ enum Bench {
         db: std::path::PathBuf,
         #[arg(long, default_value_t = 10_000)]
         accounts: u32,
+        /// Usage records (each with its ledger entry) of past requests to
+        /// store as well, spread over the accounts (see `history`).
+        #[arg(long, default_value_t = 0)]
+        history: u64,
     },
     /// Streaming usage export of 1,000,000 records: HTTP, `creditd export`
     /// and `sqlite3 -csv` as the baseline (rows/s, peak RSS).
@@ -245,7 +250,7 @@ async fn main() -> Result<()> {
             inprocess(Inprocess { accounts, callers, seconds, hot, postgres, instances, writers }).await
         }
         Bench::Export(args) => export::run(args).await,
-        Bench::Seed { db, accounts } => {
+        Bench::Seed { db, accounts, history } => {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
                 &db,
                 EngineConfig::default(),
@@ -255,6 +260,12 @@ async fn main() -> Result<()> {
             let started = Instant::now();
             seed(&store, accounts).await?;
             eprintln!("seeded {accounts} accounts in {:.1}s", started.elapsed().as_secs_f64());
+            if history > 0 {
+                history::record_template(&store).await?;
+                // The writer stops and closes its connection on drop.
+                drop(store);
+                history::replicate(&db, accounts, history)?;
+            }
             Ok(())
         }
     }

@@ -9,6 +9,7 @@
 //! **Invariant:** no other code writes the database while a [`SqliteStore`]
 //! has it open: the writer's cache is only right if it sees every write.
 
+mod checkpoint;
 mod conn;
 pub(crate) mod schema;
 
@@ -65,17 +66,13 @@ pub(crate) fn open_writer_connection(path: &Path) -> Result<Connection, StoreErr
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // 64 MiB of page cache: the writer's working set is the hot indexes.
     conn.pragma_update(None, "cache_size", -65_536)?;
-    // Checkpoint every ~64 MiB of WAL instead of 4 MiB: spread traffic
-    // rewrites the same index pages over and over, and a longer interval
-    // copies each back to the database once instead of many times.
-    // Measured in BENCHMARKS.md: +50% charges/s spread over 10,000 accounts.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+    // Checkpoint every ~64 MiB of WAL instead of 4 MiB (see `checkpoint`).
+    // The store's writer moves this off its thread (`open`); `migrate`
+    // and the tools checkpoint in their commits.
+    conn.pragma_update(None, "wal_autocheckpoint", checkpoint::CHECKPOINT_FRAMES)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
-
-/// WAL pages between automatic checkpoints (64 MiB at 4 KiB pages).
-const WAL_CHECKPOINT_PAGES: i64 = 16_384;
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -100,8 +97,9 @@ impl SqliteStore {
         limits: WriterLimits,
         clock: Arc<dyn Clock>,
     ) -> Result<SqliteStore, StoreError> {
-        let conn = open_writer_connection(path)?;
+        let mut conn = open_writer_connection(path)?;
         schema::migrate(&conn)?;
+        checkpoint::checkpoint_off_thread(&mut conn, open_writer_connection(path)?, checkpoint::CHECKPOINT_FRAMES)?;
         SqlStore::start(vec![conn], open_readers(path, READERS)?, config, limits, clock)
     }
 
