@@ -289,9 +289,12 @@ impl Counter {
         let mut blocks = chunk.chunks_exact(64);
         for block in &mut blocks {
             let (mut quotes, mut ends) = (0u64, 0u64);
-            for (i, &b) in block.iter().enumerate() {
-                quotes |= u64::from(b == b'"') << i;
-                ends |= u64::from(b == b'\n') << i;
+            for (i, word) in block.chunks_exact(8).enumerate() {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(word);
+                let word = u64::from_le_bytes(bytes);
+                quotes |= byte_mask(word, b'"') << (8 * i);
+                ends |= byte_mask(word, b'\n') << (8 * i);
             }
             let mut inside = quotes;
             for shift in [1, 2, 4, 8, 16, 32] {
@@ -327,6 +330,18 @@ impl Counter {
             self.feed(&buffer[..n]);
         }
     }
+}
+
+/// Bit `i` set where byte `i` of `word` is `byte`, eight bytes at once: the
+/// counter runs beside the export it measures, on the same two cores, so
+/// it must cost little (a byte at a time, it took a tenth of their time).
+fn byte_mask(word: u64, byte: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = word ^ (u64::from(byte) * 0x0101_0101_0101_0101);
+    // The high bit of every byte of `x` that is zero.
+    let zero = !(((x & LOW7) + LOW7) | x | LOW7);
+    // Those eight bits (7, 15, …, 63) gathered into bits 0…7.
+    (zero >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
 /// Peak RSS of this process since the last reset, in MB.

@@ -142,19 +142,56 @@ fn cell(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// Decimal digits of `n`, without allocating.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// `DIGIT_PAIRS[2n..2n + 2]`: the two digits of `n < 100`, so that numbers
+/// are written two digits a division.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        pairs[2 * n] = b'0' + (n / 10) as u8;
+        pairs[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
     }
-    out.extend_from_slice(&digits[i..]);
+    pairs
+};
+
+/// Writes the digits of `n` so that they end just before `buf[end]`;
+/// the bytes before them are left as they are (zeros, for padding).
+fn put_digits(buf: &mut [u8], mut end: usize, mut n: u64) {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        end -= 2;
+        buf[end..end + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        buf[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        buf[end - 1] = b'0' + n as u8;
+    }
+}
+
+/// How many decimal digits `n` has.
+fn digit_count(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// Appends `template` and returns its copy in `out`, to be written over
+/// and cut to length. Appending a known number of bytes is a few moves,
+/// where a slice of a variable length is a call to `memcpy`, and a row
+/// has some thirty numbers and times.
+fn append<'a, const N: usize>(out: &'a mut Vec<u8>, template: &[u8; N]) -> &'a mut [u8] {
+    let start = out.len();
+    out.extend_from_slice(template);
+    &mut out[start..]
+}
+
+/// Decimal digits of `n`, without allocating.
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    let (start, len) = (out.len(), digit_count(n));
+    put_digits(append(out, &[0; 20]), len, n);
+    out.truncate(start + len);
 }
 
 fn push_i64(out: &mut Vec<u8>, n: i64) {
@@ -167,33 +204,24 @@ fn push_i64(out: &mut Vec<u8>, n: i64) {
 /// `units` of `10^-places` in the canonical decimal form of `semantics.md`
 /// §1 (what `Credits` and `Usd` print): no trailing fractional zeros.
 fn push_fixed(out: &mut Vec<u8>, units: i64, places: u32) {
-    if units < 0 {
-        out.push(b'-');
-    }
+    let start = out.len();
+    // A sign, at most 19 whole digits, the point, `places` (≤ 9) digits.
+    let buf = append(out, &[b'0'; 32]);
     let abs = units.unsigned_abs();
     let scale = 10u64.pow(places);
-    push_u64(out, abs / scale);
-    let mut fraction = abs % scale;
-    if fraction == 0 {
-        return;
+    let (whole, fraction) = (abs / scale, abs % scale);
+    buf[0] = b'-';
+    let mut len = usize::from(units < 0) + digit_count(whole);
+    put_digits(buf, len, whole);
+    if fraction > 0 {
+        buf[len] = b'.';
+        len += 1 + places as usize;
+        put_digits(buf, len, fraction);
+        while buf[len - 1] == b'0' {
+            len -= 1;
+        }
     }
-    let mut width = places as usize;
-    while fraction.is_multiple_of(10) {
-        fraction /= 10;
-        width -= 1;
-    }
-    out.push(b'.');
-    push_padded(out, fraction, width);
-}
-
-/// `n` in exactly `width` digits, zero-padded on the left.
-fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    for i in (0..width.min(20)).rev() {
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    out.extend_from_slice(&digits[..width.min(20)]);
+    out.truncate(start + len);
 }
 
 /// Year, month and day of a count of days since 1970-01-01 (Howard
@@ -226,28 +254,24 @@ fn push_timestamp(out: &mut Vec<u8>, t: Timestamp) {
     }
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let of_day = seconds % 86_400;
-    push_padded(out, year as u64, 4);
-    out.push(b'-');
-    push_padded(out, u64::from(month), 2);
-    out.push(b'-');
-    push_padded(out, u64::from(day), 2);
-    out.push(b'T');
-    push_padded(out, (of_day / 3600) as u64, 2);
-    out.push(b':');
-    push_padded(out, (of_day / 60 % 60) as u64, 2);
-    out.push(b':');
-    push_padded(out, (of_day % 60) as u64, 2);
+    let start = out.len();
+    let buf = append(out, b"0000-00-00T00:00:00.000000000Z");
+    put_digits(buf, 4, year as u64);
+    put_digits(buf, 7, u64::from(month));
+    put_digits(buf, 10, u64::from(day));
+    put_digits(buf, 13, (of_day / 3600) as u64);
+    put_digits(buf, 16, (of_day / 60 % 60) as u64);
+    put_digits(buf, 19, (of_day % 60) as u64);
+    let mut len = 19;
     if nanos > 0 {
-        let mut fraction = nanos as u64;
-        let mut width = 9;
-        while fraction.is_multiple_of(10) {
-            fraction /= 10;
-            width -= 1;
+        put_digits(buf, 29, nanos as u64);
+        len = 29;
+        while buf[len - 1] == b'0' {
+            len -= 1;
         }
-        out.push(b'.');
-        push_padded(out, fraction, width);
     }
-    out.push(b'Z');
+    buf[len] = b'Z';
+    out.truncate(start + len + 1);
 }
 
 /// A CSV row being written: a comma before every cell but the first.

@@ -16,6 +16,7 @@ use creditd_core::pricing::{RequestStatus, Usage};
 use creditd_core::units::{Credits, Usd};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use tokio::sync::oneshot;
 
 use super::codec::{self, Corrupt};
 use super::reader::{bad_cursor, limit, paged};
@@ -142,8 +143,8 @@ fn max_seq(conn: &dyn Db) -> Result<i64, StoreError> {
 /// `USAGE_COLUMNS, seq` without the fingerprint, an idempotency detail that
 /// no export shows (a record exported has an empty one): a column fewer to
 /// read a row.
-const EXPORT_COLUMNS: &str = "account_id, request_id, '', hold_id, request_type, model, price_version, \
-     status, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, images, tool_calls, reasoning_tokens, \
+const EXPORT_COLUMNS: &str = "account_id, request_id, hold_id, request_type, model, price_version, status, \
+     input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, images, tool_calls, reasoning_tokens, \
      system_tokens, context_tokens, project, conversation, region, started_at, finished_at, latency_ms, retries, \
      iterations, external_calls, context_bytes, tools, metadata, cost_usd, credits, charged_from, debt_incurred, \
      hold_expired, refunded, recorded_at, seq";
@@ -151,50 +152,49 @@ const EXPORT_COLUMNS: &str = "account_id, request_id, '', hold_id, request_type,
 /// Appends a row (`EXPORT_COLUMNS`) to `batch`, checked as
 /// `rows::usage` checks it but without an owned record; returns its position.
 fn push_row(batch: &mut UsageBatch, row: &dyn Row) -> Result<Position, StoreError> {
-    let status_text = row.str(7)?;
+    let status_text = row.str(6)?;
     let status = RequestStatus::parse(status_text).ok_or_else(|| Corrupt(format!("status {status_text:?}")))?;
-    let recorded_at: i64 = row.get(35)?;
+    let recorded_at: i64 = row.get(34)?;
     let fields = UsageFields {
         account_id: row.str(0)?,
         request_id: row.str(1)?,
-        // Not read (`EXPORT_COLUMNS`): no export shows it.
         fingerprint: "",
-        hold_id: row.text(3)?,
-        request_type: row.str(4)?,
-        model: row.str(5)?,
-        price_version: row.get(6)?,
+        hold_id: row.text(2)?,
+        request_type: row.str(3)?,
+        model: row.str(4)?,
+        price_version: row.get(5)?,
         status,
         usage: Usage {
-            input_tokens: rows::count(row, 8)?,
-            cache_read_tokens: rows::count(row, 9)?,
-            cache_write_tokens: rows::count(row, 10)?,
-            output_tokens: rows::count(row, 11)?,
-            images: rows::count(row, 12)?,
-            tool_calls: rows::count(row, 13)?,
-            reasoning_tokens: rows::count(row, 14)?,
-            system_tokens: rows::count(row, 15)?,
-            context_tokens: rows::count(row, 16)?,
+            input_tokens: rows::count(row, 7)?,
+            cache_read_tokens: rows::count(row, 8)?,
+            cache_write_tokens: rows::count(row, 9)?,
+            output_tokens: rows::count(row, 10)?,
+            images: rows::count(row, 11)?,
+            tool_calls: rows::count(row, 12)?,
+            reasoning_tokens: rows::count(row, 13)?,
+            system_tokens: rows::count(row, 14)?,
+            context_tokens: rows::count(row, 15)?,
         },
-        project: row.text(17)?,
-        conversation: row.text(18)?,
-        region: row.text(19)?,
-        started_at: rows::ts_opt(row, 20)?,
-        finished_at: rows::ts_opt(row, 21)?,
-        latency_ms: rows::count_opt(row, 22)?,
-        retries: rows::count_opt(row, 23)?,
-        iterations: rows::count_opt(row, 24)?,
-        external_calls: rows::count_opt(row, 25)?,
-        context_bytes: rows::count_opt(row, 26)?,
-        metadata: row.text(28)?,
-        cost_usd: Usd::from_units(row.get(29)?),
-        credits: Credits::from_units(row.get(30)?),
-        debt_incurred: Credits::from_units(row.get(32)?),
-        hold_expired: row.get(33)?,
-        refunded: row.get(34)?,
+        project: row.text(16)?,
+        conversation: row.text(17)?,
+        region: row.text(18)?,
+        started_at: rows::ts_opt(row, 19)?,
+        finished_at: rows::ts_opt(row, 20)?,
+        latency_ms: rows::count_opt(row, 21)?,
+        retries: rows::count_opt(row, 22)?,
+        iterations: rows::count_opt(row, 23)?,
+        external_calls: rows::count_opt(row, 24)?,
+        context_bytes: rows::count_opt(row, 25)?,
+        metadata: row.text(27)?,
+        cost_usd: Usd::from_units(row.get(28)?),
+        credits: Credits::from_units(row.get(29)?),
+        debt_incurred: Credits::from_units(row.get(31)?),
+        hold_expired: row.get(32)?,
+        refunded: row.get(33)?,
         recorded_at: codec::timestamp(recorded_at)?,
     };
-    batch.try_push(&fields, codec::tool_names(row.str(27)?), codec::portion_refs(row.str(31)?))?;
-    Ok((recorded_at, row.get(36)?))
+    batch.try_push(&fields, codec::tool_names(row.str(26)?), codec::portion_refs(row.str(30)?))?;
+    Ok((recorded_at, row.get(35)?))
 }
 
 /// About how much text a row holds, to size a batch's buffer once.
@@ -285,7 +285,7 @@ fn position_values(p: Option<Position>) -> [Param<'static>; 2] {
 
 /// Whether every filter is a column of the index an export reads
 /// (`account_id`, `recorded_at`, `seq`): then a chunk's end is found in the
-/// index alone, before the chunk before it is read.
+/// index alone, before its rows are read.
 fn index_only(filter: &UsageFilter) -> bool {
     filter.model.is_none()
         && filter.request_type.is_none()
@@ -316,7 +316,34 @@ pub async fn export<C: Db + Send + 'static>(
     result
 }
 
-type ChunkRead = tokio::task::JoinHandle<Result<(UsageBatch, Option<Position>), StoreError>>;
+/// A chunk's rows, being read on a blocking thread.
+type ChunkRead = tokio::task::JoinHandle<Result<UsageBatch, StoreError>>;
+
+/// Reads `chunk` on a blocking thread. Where the next chunk starts (`None`:
+/// this is the last) goes to `next` as soon as it is known: for an index
+/// range, found in the index before this chunk's rows are read, so that the
+/// next chunk is read alongside this one; otherwise, the last row read.
+fn start_chunk<C: Db + Send + 'static>(
+    readers: &Arc<ReadPool<C>>,
+    chunk: Chunk,
+    index_only: bool,
+    next: oneshot::Sender<Option<Position>>,
+) -> ChunkRead {
+    let readers = readers.clone();
+    tokio::task::spawn_blocking(move || {
+        readers.with(|conn: &C| {
+            if index_only {
+                let until = chunk.end(conn)?;
+                let _ = next.send(until);
+                Ok(chunk.read(conn, until)?.0)
+            } else {
+                let (batch, last) = chunk.read(conn, None)?;
+                let _ = next.send(last.filter(|_| batch.len() == EXPORT_BATCH_ROWS));
+                Ok(batch)
+            }
+        })
+    })
+}
 
 async fn export_batches<C: Db + Send + 'static>(
     readers: &Arc<ReadPool<C>>,
@@ -325,44 +352,29 @@ async fn export_batches<C: Db + Send + 'static>(
     sink: &ExportSink,
 ) -> Result<u64, StoreError> {
     let max_seq = read(readers, |conn: &C| max_seq(conn)).await?;
-    let parallel = index_only(&filter);
+    let index_only = index_only(&filter);
+    let window = if index_only { CHUNKS_IN_FLIGHT } else { 1 };
     let account_id: Option<Arc<str>> = account_id.map(Arc::from);
     let filter = Arc::new(filter);
-    let chunk = |after| Chunk { account_id: account_id.clone(), filter: filter.clone(), max_seq, after };
-    let start = |chunk: Chunk, until: Option<Position>| -> ChunkRead {
-        let readers = readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(|conn: &C| chunk.read(conn, until)))
-    };
     let mut pending: VecDeque<ChunkRead> = VecDeque::new();
-    let mut next: Option<Position> = None;
-    let mut exhausted = false;
+    // Where the next chunk to start begins; `None` once the last has started.
+    let mut next: Option<Option<Position>> = Some(None);
     let mut sent: u64 = 0;
     loop {
         if sink.is_closed() {
             break;
         }
-        if parallel {
-            // Where the next chunks end, from the index; then read them side by side.
-            while !exhausted && pending.len() < CHUNKS_IN_FLIGHT {
-                let probe = chunk(next);
-                let until = read(readers, move |conn: &C| probe.end(conn)).await?;
-                pending.push_back(start(chunk(next), until));
-                match until {
-                    Some(end) => next = Some(end),
-                    None => exhausted = true,
-                }
-            }
-        } else if !exhausted && pending.is_empty() {
-            pending.push_back(start(chunk(next), None));
+        while pending.len() < window
+            && let Some(after) = next
+        {
+            let chunk = Chunk { account_id: account_id.clone(), filter: filter.clone(), max_seq, after };
+            let (tell, told) = oneshot::channel();
+            pending.push_back(start_chunk(readers, chunk, index_only, tell));
+            // A read that fails tells nothing; its error comes with its rows.
+            next = told.await.ok().flatten().map(Some);
         }
         let Some(reading) = pending.pop_front() else { break };
-        let (batch, last) = reading.await.map_err(|e| StoreError::Internal(format!("a read failed: {e}")))??;
-        if !parallel {
-            match last {
-                Some(position) if batch.len() == EXPORT_BATCH_ROWS => next = Some(position),
-                _ => exhausted = true,
-            }
-        }
+        let batch = reading.await.map_err(|e| StoreError::Internal(format!("a read failed: {e}")))??;
         if batch.is_empty() {
             continue;
         }
@@ -515,7 +527,7 @@ mod tests {
 
     #[test]
     fn export_columns_are_the_usage_columns_but_the_fingerprint() {
-        assert_eq!(EXPORT_COLUMNS, format!("{USAGE_COLUMNS}, seq").replace("fingerprint", "''"));
+        assert_eq!(EXPORT_COLUMNS, format!("{USAGE_COLUMNS}, seq").replace("fingerprint, ", ""));
     }
 
     #[test]
@@ -523,5 +535,75 @@ mod tests {
         // `positioned` reads the position from columns 35 and 36.
         assert_eq!(USAGE_COLUMNS.split(',').count(), 36);
         assert!(USAGE_COLUMNS.ends_with(" recorded_at"));
+    }
+
+    /// An export of a few chunks, read side by side (an index range) or one
+    /// after another (other filters), gives exactly the rows of `ORDER BY
+    /// recorded_at, seq`: times tied across the ends of chunks, records
+    /// whose time went back (a clock stepped back), filters.
+    #[tokio::test]
+    async fn exports_every_row_once_in_order_across_chunks() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let path = dir.path().join("export.db");
+        crate::sqlite::SqliteStore::migrate(&path).expect("migrate");
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.pragma_update(None, "foreign_keys", "OFF").expect("pragma");
+        let rows = 8 * EXPORT_BATCH_ROWS + 1_234;
+        let base = 1_800_000_000_000_000_i64;
+        conn.execute_batch("BEGIN").expect("begin");
+        for n in 1..=rows {
+            let n = i64::try_from(n).expect("small");
+            // Runs of seven records a time; 600 written after a clock step back.
+            let at = if (3_000..3_600).contains(&n) { base + 5 + n % 5 } else { base + n / 7 * 1_000 };
+            conn.execute(
+                "INSERT INTO usage_records (seq, account_id, request_id, fingerprint, request_type, model, \
+                 price_version, status, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, images, \
+                 tool_calls, reasoning_tokens, system_tokens, context_tokens, tools, cost_usd, credits, \
+                 charged_from, debt_incurred, hold_expired, recorded_at) \
+                 VALUES (?1, ?2, ?3, '', 'chat', ?4, 1, 'success', 1, 0, 0, 2, 0, 0, 0, 0, 0, '', 5, 7, '', 0, 0, ?5)",
+                rusqlite::params![n, format!("a{}", n % 3), format!("r{n:05}"), format!("m{}", n % 2), at],
+            )
+            .expect("insert");
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+
+        let reader = crate::sqlite::SqliteReader::open(&path).expect("reader");
+        let time = |us: i64| Timestamp::from_microsecond(us).expect("time");
+        let (from, to) = (base + 7, base + i64::try_from(rows / 8).expect("small") * 1_000);
+        let window = UsageFilter { from: Some(time(from)), to: Some(time(to)), ..UsageFilter::default() };
+        let in_window = format!("recorded_at >= {from} AND recorded_at < {to}");
+        let model = UsageFilter { model: Some("m1".into()), ..UsageFilter::default() };
+        let cases = [
+            (None, UsageFilter::default(), "1 = 1".to_string()),
+            (Some("a1"), UsageFilter::default(), "account_id = 'a1'".to_string()),
+            (None, window.clone(), in_window.clone()),
+            (None, model, "model = 'm1'".to_string()),
+            (
+                Some("a2"),
+                UsageFilter { model: Some("m0".into()), ..window },
+                format!("account_id = 'a2' AND model = 'm0' AND {in_window}"),
+            ),
+        ];
+        for (account, filter, condition) in cases {
+            let mut expected = conn
+                .prepare(&format!("SELECT request_id FROM usage_records WHERE {condition} ORDER BY recorded_at, seq"))
+                .expect("prepare");
+            let expected: Vec<String> =
+                expected.query_map([], |r| r.get(0)).expect("query").collect::<Result<_, _>>().expect("rows");
+            assert!(expected.len() > EXPORT_BATCH_ROWS, "{condition}: more than a chunk");
+            let (sink, mut batches): (ExportSink, _) = tokio::sync::mpsc::channel(4);
+            let collect = async {
+                let mut got = Vec::new();
+                while let Some(batch) = batches.recv().await {
+                    let batch = batch.expect("batch");
+                    assert!(batch.len() <= EXPORT_BATCH_ROWS);
+                    got.extend(batch.rows().map(|r| r.fields.request_id.to_string()));
+                }
+                got
+            };
+            let (sent, got) = tokio::join!(reader.export(account, filter, sink), collect);
+            assert_eq!(sent.expect("export"), expected.len() as u64, "{condition}");
+            assert!(got == expected, "{condition}: {} rows in another order or set", got.len());
+        }
     }
 }
