@@ -5,19 +5,24 @@
 //! Writes whose row count nobody reads, and transaction control, are not
 //! sent one by one: they wait in order and go out in one pipeline together
 //! with the next read or the commit, so a metering command costs about one
-//! round trip per read it needs instead of one per statement. An error in
-//! that pipeline fails the whole batch; the writer then runs each command
-//! again alone, where the error is its own.
+//! round trip per read it needs instead of one per statement; and the rows
+//! of each statement go as one statement over arrays, the statements of a
+//! stretch as one (`merge_rows`). An error in that pipeline fails the whole
+//! batch; the writer then runs each command again alone, where the error is
+//! its own.
 //!
 //! Other instances may write the same database, so a batch locks the rows
-//! of the accounts it changes (`FOR NO KEY UPDATE`, in id order, so that two
-//! batches never wait for each other in a circle) and compares each
-//! account's `version` with the one this writer last saw: a difference means
-//! another instance changed it, and the cached state is dropped.
+//! of its accounts (`FOR NO KEY UPDATE`, in id order, so that two batches
+//! never wait for each other in a circle) and bumps their `version` in the
+//! same statement: a version other than one more than this writer's last
+//! bump means another instance changed the account, and the cached state is
+//! dropped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::error::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::runtime::Runtime;
@@ -104,6 +109,10 @@ enum Kind {
 /// A statement waiting to be sent.
 enum Deferred {
     Control(String),
+    /// An open savepoint not sent yet ([`Savepoint::Pending`]): it goes out
+    /// as `SAVEPOINT name` only if statements after it are sent while it is
+    /// open.
+    Mark(&'static str),
     Write {
         stmt: Statement,
         /// The statement's number (`PgConn::prepared`).
@@ -111,7 +120,8 @@ enum Deferred {
         params: Vec<Owned>,
         kind: Kind,
     },
-    /// Several rows of one `INSERT`, as one statement over arrays.
+    /// The rows of one or more statements, each over arrays, as one
+    /// statement.
     Rows {
         stmt: Statement,
         columns: Vec<Column>,
@@ -141,9 +151,13 @@ impl ToSql for Column {
 }
 
 /// `INSERT INTO t (a, b) VALUES (?1, ?2) <rest>` as the same insert of
-/// every row of arrays: `INSERT INTO t (a, b) SELECT c1, c2 FROM
-/// unnest($1::int8[], $2::text[]) WITH ORDINALITY AS u(c1, c2, n) ORDER BY n
-/// <rest>`. `None` for any other shape.
+/// every row of arrays: `INSERT INTO t (a, b) SELECT unnest($1::int8[]),
+/// unnest($2::text[]) <rest>`. `None` for any other shape.
+///
+/// Set-returning functions in a select list run in step and hand their rows
+/// on one by one, in the arrays' order, which is the rows' order. In `FROM`,
+/// each call would first be stored whole (a tuplestore: an allocation and
+/// fresh pages of the server's memory per statement, ~5% of its CPU here).
 fn unnest_sql(sql: &str, types: &[Type]) -> Option<String> {
     let values = sql.find("VALUES (")?;
     let open = values + "VALUES ".len();
@@ -153,22 +167,17 @@ fn unnest_sql(sql: &str, types: &[Type]) -> Option<String> {
     if !in_order || placeholders.len() != types.len() || !sql.trim_start().starts_with("INSERT") {
         return None;
     }
-    let names: Vec<String> = (1..=types.len()).map(|i| format!("c{i}")).collect();
-    let arrays: Vec<String> = types.iter().enumerate().map(|(i, ty)| format!("${}::{}[]", i + 1, ty.name())).collect();
-    Some(format!(
-        "{}SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n{}",
-        &sql[..values],
-        names.join(", "),
-        arrays.join(", "),
-        names.join(", "),
-        &sql[close + 1..]
-    ))
+    let arrays: Vec<String> =
+        types.iter().enumerate().map(|(i, ty)| format!("unnest(${}::{}[])", i + 1, ty.name())).collect();
+    Some(format!("{}SELECT {}{}", &sql[..values], arrays.join(", "), &sql[close + 1..]))
 }
 
 /// `UPDATE t SET a = ?2, b = ?3 WHERE id = ?1` as the same update of every
-/// row of arrays: `UPDATE t SET a = u.c2, b = u.c3 FROM unnest($1::text[],
-/// $2::int8[], $3::text[]) AS u(c1, c2, c3) WHERE t.id = u.c1`. Only for keyed
-/// writes, whose keys are unique in a batch. `None` for any other shape.
+/// row of arrays: `UPDATE t SET a = u.c2, b = u.c3 FROM (SELECT
+/// unnest($1::text[]) AS c1, unnest($2::int8[]) AS c2, unnest($3::text[]) AS
+/// c3) AS u WHERE t.id = u.c1` (arrays in a select list: see [`unnest_sql`]).
+/// Only for keyed writes, whose keys are unique in a batch. `None` for any
+/// other shape.
 fn update_sql(sql: &str, types: &[Type]) -> Option<String> {
     let words: Vec<&str> = sql.split_whitespace().collect();
     let text = words.join(" ");
@@ -188,13 +197,12 @@ fn update_sql(sql: &str, types: &[Type]) -> Option<String> {
     if assignments.len() + 1 != types.len() {
         return None;
     }
-    let names: Vec<String> = (1..=types.len()).map(|i| format!("c{i}")).collect();
-    let arrays: Vec<String> = types.iter().enumerate().map(|(i, ty)| format!("${}::{}[]", i + 1, ty.name())).collect();
+    let arrays: Vec<String> =
+        types.iter().enumerate().map(|(i, ty)| format!("unnest(${}::{}[]) AS c{}", i + 1, ty.name(), i + 1)).collect();
     Some(format!(
-        "UPDATE {table} SET {} FROM unnest({}) AS u({}) WHERE {table}.{key} = u.c1",
+        "UPDATE {table} SET {} FROM (SELECT {}) AS u WHERE {table}.{key} = u.c1",
         assignments.join(", "),
-        arrays.join(", "),
-        names.join(", ")
+        arrays.join(", ")
     ))
 }
 
@@ -222,27 +230,78 @@ fn columns(types: &[Type], rows: Vec<Vec<Owned>>) -> Option<Vec<Column>> {
     Some(columns)
 }
 
+/// A statement's form over arrays, and the table it writes.
+#[derive(Debug)]
+struct Merged {
+    table: String,
+    sql: String,
+}
+
+/// The rows of one statement in a stretch of deferred writes.
+struct Group {
+    number: usize,
+    stmt: Statement,
+    merged: Arc<Merged>,
+    rows: Vec<Vec<Owned>>,
+}
+
+/// The table an `INSERT INTO t` or `UPDATE t` writes.
+fn table_of(sql: &str) -> Option<&str> {
+    let mut words = sql.split_whitespace();
+    let table = match (words.next()?, words.next()?) {
+        ("INSERT", "INTO") => words.next()?,
+        ("UPDATE", table) => table,
+        _ => return None,
+    };
+    table.split('(').next()
+}
+
+/// `$N` placeholders as `$(N + by)`, so that several statements'
+/// parameters follow each other in one.
+fn shift_parameters(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Where an open savepoint is.
 #[derive(Clone, Copy, Debug)]
 enum Savepoint {
-    /// Not sent: it stands before the deferred statement of this index.
-    /// Undoing it drops what follows; releasing it costs nothing.
+    /// Not sent: its [`Deferred::Mark`] is the deferred statement of this
+    /// index. Undoing it drops what follows; releasing it costs nothing.
     Pending(usize),
     /// Sent to the server (a read flushed the statements around it).
     Sent,
 }
 
 /// Drops each keyed write that a later keyed write of the same statement
-/// and key supersedes.
+/// and key supersedes. Not across an open savepoint: what follows it may yet
+/// be undone, and what precedes it must then stand.
 fn drop_superseded(deferred: &mut Vec<Deferred>) {
     let mut seen = HashSet::new();
     let mut keep = vec![true; deferred.len()];
     for (i, d) in deferred.iter().enumerate().rev() {
-        if let Deferred::Write { number, params, kind: Kind::Keyed, .. } = d
-            && let Some(Owned::Text(key)) = params.first()
-            && !seen.insert((*number, key.as_str()))
-        {
-            keep[i] = false;
+        match d {
+            Deferred::Mark(_) => seen.clear(),
+            Deferred::Write { number, params, kind: Kind::Keyed, .. } => {
+                if let Some(Owned::Text(key)) = params.first()
+                    && !seen.insert((*number, key.as_str()))
+                {
+                    keep[i] = false;
+                }
+            }
+            _ => {}
         }
     }
     let mut keep = keep.into_iter();
@@ -294,18 +353,36 @@ pub fn renumber(sql: &str) -> String {
     out
 }
 
+/// Uses of a prepared statement after which it is prepared again, and how
+/// long it is kept at most (see `PgConn::prepared`).
+const REPLAN_FROM: u64 = 16;
+const REPLAN_EVERY: Duration = Duration::from_secs(60);
+
+/// A statement prepared on the connection.
+struct Prepared {
+    stmt: Statement,
+    /// Its number, for as long as the connection lives.
+    number: usize,
+    /// How often it was asked for.
+    uses: u64,
+    /// When it was prepared.
+    at: Instant,
+}
+
 /// One connection to PostgreSQL.
 pub struct PgConn {
     url: String,
+    /// Run first on every connection (see [`WRITER_SETUP`]).
+    setup: &'static str,
     /// `Option` only so that `Drop` can shut it down without blocking.
     runtime: Option<Runtime>,
     client: RefCell<Client>,
     /// Prepared statements by SQL text, each with a number of its own.
-    statements: RefCell<HashMap<String, (Statement, usize)>>,
+    statements: RefCell<HashMap<String, Prepared>>,
     /// The SQL of each prepared statement, by number.
     texts: RefCell<Vec<String>>,
     /// By statement number: its form over arrays, if it has one.
-    merged: RefCell<HashMap<usize, Option<String>>>,
+    merged: RefCell<HashMap<usize, Option<Arc<Merged>>>>,
     deferred: RefCell<Vec<Deferred>>,
     /// Open savepoints, innermost last.
     savepoints: RefCell<Vec<(&'static str, Savepoint)>>,
@@ -335,13 +412,25 @@ impl std::fmt::Debug for PgConn {
     }
 }
 
-fn connect_client(runtime: &Runtime, url: &str) -> Result<Client, StoreError> {
+/// What a writer's connection sets first. Its statements are prepared once
+/// and run for every batch, and PostgreSQL would plan one again at every run
+/// where the arrays it is given are shorter than the ten elements a generic
+/// plan assumes (a batch of a hot account, the lock of one account): a third
+/// of the server's CPU with two instances on one hot account. The generic
+/// plans are made for arrays of any length (and made anew as the tables
+/// grow: see `PgConn::prepared`).
+const WRITER_SETUP: &str = "SET plan_cache_mode = force_generic_plan";
+
+fn connect_client(runtime: &Runtime, url: &str, setup: &str) -> Result<Client, StoreError> {
     let (client, connection) = runtime.block_on(tokio_postgres::connect(url, NoTls)).map_err(pg_error)?;
     runtime.spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "a PostgreSQL connection ended");
         }
     });
+    if !setup.is_empty() {
+        runtime.block_on(client.batch_execute(setup)).map_err(pg_error)?;
+    }
     Ok(client)
 }
 
@@ -349,13 +438,23 @@ impl PgConn {
     /// Connects. Blocking, and like every method here, not to be called
     /// from an async task (see `super::off_runtime`).
     pub fn connect(url: &str) -> Result<PgConn, StoreError> {
+        PgConn::connect_with(url, "")
+    }
+
+    /// Connects for a writer (see [`WRITER_SETUP`]).
+    pub fn connect_writer(url: &str) -> Result<PgConn, StoreError> {
+        PgConn::connect_with(url, WRITER_SETUP)
+    }
+
+    fn connect_with(url: &str, setup: &'static str) -> Result<PgConn, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Internal(format!("no runtime for a PostgreSQL connection: {e}")))?;
-        let client = connect_client(&runtime, url)?;
+        let client = connect_client(&runtime, url, setup)?;
         Ok(PgConn {
             url: url.to_string(),
+            setup,
             runtime: Some(runtime),
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
@@ -380,7 +479,7 @@ impl PgConn {
             return Ok(());
         }
         tracing::warn!("reconnecting to PostgreSQL");
-        *self.client.borrow_mut() = connect_client(self.runtime(), &self.url)?;
+        *self.client.borrow_mut() = connect_client(self.runtime(), &self.url, self.setup)?;
         self.statements.borrow_mut().clear();
         self.texts.borrow_mut().clear();
         self.merged.borrow_mut().clear();
@@ -406,16 +505,39 @@ impl PgConn {
         self.prepared(sql).map(|(stmt, _)| stmt)
     }
 
-    /// The statement for `sql`, prepared once per connection, and its number.
+    /// The statement for `sql`, prepared on this connection, and its number.
+    ///
+    /// PostgreSQL keeps a prepared statement's plan until its tables are
+    /// analysed again (by autovacuum, which may be late, or off): a plan made
+    /// while they were small, as in a fresh database, can be a scan of what
+    /// has grown since. So a statement is prepared anew after
+    /// [`REPLAN_FROM`] uses and at every doubling of its uses (its tables
+    /// grow with them), and at least every [`REPLAN_EVERY`]: a plan follows
+    /// the tables' growth, for a round trip now and then.
     fn prepared(&self, sql: &str) -> Result<(Statement, usize), StoreError> {
-        if let Some(found) = self.statements.borrow().get(sql) {
-            return Ok(found.clone());
-        }
+        let again = match self.statements.borrow_mut().get_mut(sql) {
+            Some(found) => {
+                found.uses += 1;
+                let doubled = found.uses >= REPLAN_FROM && found.uses.is_power_of_two();
+                if !doubled && found.at.elapsed() < REPLAN_EVERY {
+                    return Ok((found.stmt.clone(), found.number));
+                }
+                Some(found.number)
+            }
+            None => None,
+        };
         let client = self.client.borrow();
         let stmt = self.runtime().block_on(client.prepare(&renumber(sql))).map_err(|e| self.fail(e))?;
         let mut statements = self.statements.borrow_mut();
+        if let Some(number) = again
+            && let Some(found) = statements.get_mut(sql)
+        {
+            found.stmt = stmt.clone();
+            found.at = Instant::now();
+            return Ok((stmt, number));
+        }
         let number = statements.len();
-        statements.insert(sql.to_string(), (stmt.clone(), number));
+        statements.insert(sql.to_string(), Prepared { stmt: stmt.clone(), number, uses: 1, at: Instant::now() });
         self.texts.borrow_mut().push(sql.to_string());
         Ok((stmt, number))
     }
@@ -429,16 +551,26 @@ impl PgConn {
             return Err(StoreError::Internal("the transaction already failed".into()));
         }
         let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
-        drop_superseded(&mut deferred);
-        let mut deferred = self.merge_rows(deferred)?;
-        // Savepoints not sent yet go out now, each where it stands: a
-        // rollback to one may still follow.
-        for (name, place) in self.savepoints.borrow_mut().iter_mut().rev() {
-            if let Savepoint::Pending(at) = *place {
-                deferred.insert(at.min(deferred.len()), Deferred::Control(format!("SAVEPOINT {name}")));
-                *place = Savepoint::Sent;
+        // Open savepoints that nothing follows yet stay unsent (a command
+        // that reads before it writes costs no savepoint); the others go out
+        // where they stand, since a rollback to one may still follow.
+        let unsent = deferred.iter().rev().take_while(|d| matches!(d, Deferred::Mark(_))).count();
+        let marks = deferred.split_off(deferred.len() - unsent);
+        let mut left = unsent;
+        for (_, place) in self.savepoints.borrow_mut().iter_mut().rev() {
+            if let Savepoint::Pending(_) = place {
+                *place = match left.checked_sub(1) {
+                    Some(at) => {
+                        left = at;
+                        Savepoint::Pending(at)
+                    }
+                    None => Savepoint::Sent,
+                };
             }
         }
+        *self.deferred.borrow_mut() = marks;
+        drop_superseded(&mut deferred);
+        let deferred = self.merge_rows(deferred)?;
         let client = self.client.borrow();
         let client = &*client;
         let (sent, result) = self.runtime().block_on(async {
@@ -446,7 +578,7 @@ impl PgConn {
                 .iter()
                 .map(|d| match d {
                     Deferred::Write { params, .. } => params.iter().map(Owned::param).collect(),
-                    Deferred::Control(_) | Deferred::Rows { .. } => Vec::new(),
+                    Deferred::Control(_) | Deferred::Mark(_) | Deferred::Rows { .. } => Vec::new(),
                 })
                 .collect();
             let refs: Vec<Vec<&(dyn ToSql + Sync)>> =
@@ -460,6 +592,7 @@ impl PgConn {
                         client.execute(stmt, &arrays).await.map(drop)
                     }
                     Deferred::Control(sql) => client.batch_execute(sql).await,
+                    Deferred::Mark(name) => client.batch_execute(&format!("SAVEPOINT {name}")).await,
                 }
             });
             // Joined futures are polled in order, and tokio-postgres sends a
@@ -483,86 +616,88 @@ impl PgConn {
         self.flush_then(async |_| Ok(()))
     }
 
-    /// Sends the appended or keyed rows of one `INSERT` statement as one
-    /// statement over arrays. Only within a stretch of such writes: a plain
+    /// Sends the appended or keyed rows of each statement as one statement
+    /// over arrays, and the statements of a stretch together as one (each a
+    /// `WITH` part of it). Only within a stretch of such writes: a plain
     /// write or a savepoint may depend on what came before it (a new
     /// account's row, a record it marks refunded), so rows never move past
     /// one. Inside a stretch, the rows of different tables do not depend on
-    /// each other, and each table's rows keep their order.
+    /// each other, and each table's rows keep their order: a stretch is cut
+    /// where a table's rows change statement (a wallet update after a whole
+    /// account update), since one statement may not change a row twice and
+    /// its parts have no order.
     fn merge_rows(&self, deferred: Vec<Deferred>) -> Result<Vec<Deferred>, StoreError> {
-        let candidate = |d: &Deferred| matches!(d, Deferred::Write { kind: Kind::Append | Kind::Keyed, .. });
-        if deferred.iter().filter(|d| candidate(d)).count() < 2 {
-            return Ok(deferred);
-        }
         let mut out = Vec::with_capacity(deferred.len());
-        // Per statement number in the current stretch: the index in `out`
-        // of its first write, and the rows that follow it.
-        let mut groups: HashMap<usize, (usize, Vec<Vec<Owned>>)> = HashMap::new();
+        let mut stretch: Vec<Group> = Vec::new();
         for d in deferred {
-            match d {
-                Deferred::Write { number, params, kind: kind @ (Kind::Append | Kind::Keyed), stmt } => {
-                    // A statement of another shape stays as it is, where it is.
-                    if self.merged_sql(number, &stmt).is_none() {
-                        out.push(Deferred::Write { stmt, number, params, kind });
-                        continue;
-                    }
-                    match groups.get_mut(&number) {
-                        Some((_, rows)) => rows.push(params),
-                        None => {
-                            groups.insert(number, (out.len(), Vec::new()));
-                            out.push(Deferred::Write { stmt, number, params, kind: Kind::Append });
-                        }
-                    }
-                }
-                other => {
-                    self.close_groups(&mut out, &mut groups)?;
-                    out.push(other);
-                }
+            let Deferred::Write { stmt, number, params, kind: Kind::Append | Kind::Keyed } = d else {
+                self.close_stretch(&mut stretch, &mut out)?;
+                out.push(d);
+                continue;
+            };
+            let Some(merged) = self.merged(number, &stmt) else {
+                self.close_stretch(&mut stretch, &mut out)?;
+                out.push(Deferred::Write { stmt, number, params, kind: Kind::Append });
+                continue;
+            };
+            if stretch.iter().any(|g| g.merged.table == merged.table && g.number != number) {
+                self.close_stretch(&mut stretch, &mut out)?;
+            }
+            match stretch.iter_mut().find(|g| g.number == number) {
+                Some(group) => group.rows.push(params),
+                None => stretch.push(Group { number, stmt, merged, rows: vec![params] }),
             }
         }
-        self.close_groups(&mut out, &mut groups)?;
+        self.close_stretch(&mut stretch, &mut out)?;
         Ok(out)
     }
 
     /// The statement over arrays for rows of statement `number`, if it is a
-    /// one-row `INSERT` of integers and text (worked out once).
-    fn merged_sql(&self, number: usize, stmt: &Statement) -> Option<String> {
+    /// one-row `INSERT` or keyed `UPDATE` of integers and text (worked out
+    /// once).
+    fn merged(&self, number: usize, stmt: &Statement) -> Option<Arc<Merged>> {
         if let Some(known) = self.merged.borrow().get(&number) {
             return known.clone();
         }
         let types = stmt.params();
         let supported = types.iter().all(|ty| *ty == Type::INT8 || *ty == Type::TEXT);
-        let sql = self
-            .texts
-            .borrow()
-            .get(number)
-            .and_then(|text| unnest_sql(text, types).or_else(|| update_sql(text, types)))
-            .filter(|_| supported);
-        self.merged.borrow_mut().insert(number, sql.clone());
-        sql
+        let merged = self.texts.borrow().get(number).filter(|_| supported).and_then(|text| {
+            let sql = unnest_sql(text, types).or_else(|| update_sql(text, types))?;
+            Some(Arc::new(Merged { table: table_of(text)?.to_string(), sql }))
+        });
+        self.merged.borrow_mut().insert(number, merged.clone());
+        merged
     }
 
-    /// Replaces each group's first write by one statement for all its rows.
-    fn close_groups(
-        &self,
-        out: &mut [Deferred],
-        groups: &mut HashMap<usize, (usize, Vec<Vec<Owned>>)>,
-    ) -> Result<(), StoreError> {
-        for (number, (at, more)) in groups.drain() {
-            if more.is_empty() {
-                continue;
-            }
-            let Deferred::Write { stmt, params, .. } = &mut out[at] else { continue };
-            let types = stmt.params().to_vec();
-            let Some(sql) = self.merged_sql(number, stmt) else {
-                return Err(StoreError::Internal(format!("rows of statement {number} cannot be merged")));
-            };
-            let rows: Vec<Vec<Owned>> = std::iter::once(std::mem::take(params)).chain(more).collect();
-            let Some(columns) = columns(&types, rows) else {
-                return Err(StoreError::Internal(format!("rows of statement {number} do not fit its columns")));
-            };
-            out[at] = Deferred::Rows { stmt: self.statement(&sql)?, columns };
+    /// Sends a stretch's statements as one: a statement of one row as it
+    /// is, otherwise each over arrays, as the parts of one `WITH`.
+    fn close_stretch(&self, stretch: &mut Vec<Group>, out: &mut Vec<Deferred>) -> Result<(), StoreError> {
+        if let [group] = stretch.as_slice()
+            && group.rows.len() == 1
+            && let Some(Group { stmt, number, mut rows, .. }) = stretch.pop()
+        {
+            let params = rows.pop().unwrap_or_default();
+            out.push(Deferred::Write { stmt, number, params, kind: Kind::Append });
+            return Ok(());
         }
+        let mut parts = Vec::with_capacity(stretch.len());
+        let mut columns = Vec::new();
+        for group in stretch.drain(..) {
+            let types = group.stmt.params().to_vec();
+            parts.push(shift_parameters(&group.merged.sql, columns.len()));
+            let Some(rows) = self::columns(&types, group.rows) else {
+                return Err(StoreError::Internal(format!("rows of statement {} do not fit its columns", group.number)));
+            };
+            columns.extend(rows);
+        }
+        let Some(last) = parts.pop() else { return Ok(()) };
+        let sql = if parts.is_empty() {
+            last
+        } else {
+            let with: Vec<String> = parts.iter().enumerate().map(|(i, part)| format!("w{i} AS ({part})")).collect();
+            format!("WITH {} {last}", with.join(", "))
+        };
+        out.push(Deferred::Rows { stmt: self.statement(&sql)?, columns });
         Ok(())
     }
 
@@ -583,23 +718,16 @@ impl PgConn {
         self.flush_then(async |client| client.query(&stmt, params).await)
     }
 
-    /// Notes the versions of locked accounts; returns those that changed.
-    fn note_versions(&self, rows: &[tokio_postgres::Row]) -> Result<Vec<String>, StoreError> {
-        let mut versions = self.versions.borrow_mut();
-        if versions.len() > VERSIONS_MAX {
-            versions.clear();
-        }
-        let mut locked = self.locked.borrow_mut();
-        let mut stale = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0).map_err(pg_error)?;
-            let version: i64 = row.try_get(1).map_err(pg_error)?;
-            if versions.insert(id.clone(), version) != Some(version) {
-                stale.push(id.clone());
-            }
-            locked.insert(id);
-        }
-        Ok(stale)
+    /// Notes the version of an account just locked and bumped; true if
+    /// another writer may have changed it since this one last bumped it,
+    /// that is, unless the version is one more than then. An account is
+    /// created at version 0: at version 1, this is the first batch to lock it
+    /// since, and its state is as created, even if this writer remembers no
+    /// version (it created the account, or forgot).
+    fn note_version(&self, id: &str, version: i64) -> bool {
+        self.locked.borrow_mut().insert(id.to_string());
+        let last = self.versions.borrow_mut().insert(id.to_string(), version);
+        last.map_or(version != 1, |last| last != version - 1)
     }
 }
 
@@ -635,6 +763,29 @@ impl Db for PgConn {
         Ok(())
     }
 
+    fn query_any(
+        &self,
+        queries: &[&str],
+        list: &[&str],
+        each: &mut dyn FnMut(usize, &dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let statements = queries.iter().map(|sql| self.statement(sql)).collect::<Result<Vec<_>, _>>()?;
+        let list: [&(dyn ToSql + Sync); 1] = [&list];
+        let results: Vec<Vec<tokio_postgres::Row>> = self.flush_then(async |client| {
+            join_all(statements.iter().map(|stmt| client.query(stmt, &list))).await.into_iter().collect()
+        })?;
+        for (i, rows) in results.iter().enumerate() {
+            for row in rows {
+                each(i, row)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn live_grant(&self) -> &'static str {
+        "live"
+    }
+
     fn control(&self, sql: &str) -> Result<(), StoreError> {
         self.deferred.borrow_mut().push(Deferred::Control(sql.to_string()));
         Ok(())
@@ -647,23 +798,36 @@ impl WriterDb for PgConn {
         self.failed.set(false);
         self.locked.borrow_mut().clear();
         self.savepoints.borrow_mut().clear();
+        if self.versions.borrow().len() > VERSIONS_MAX {
+            self.versions.borrow_mut().clear();
+        }
         self.control("BEGIN")?;
-        // Lock the accounts in id order and read the book's version (the row
-        // without an id); and which of the requests have a hold or a record.
+        // Lock the accounts in id order and bump their versions (every batch
+        // that may change an account does, before it reads it), and read the
+        // book's version (the row without an id).
         let lock = self.statement(
-            "WITH locked AS (
-                 SELECT id, version FROM accounts WHERE id = ANY(?1) ORDER BY id FOR NO KEY UPDATE
-             )
-             SELECT id, version FROM locked UNION ALL SELECT NULL, version FROM book_version",
+            "WITH locked AS (SELECT id FROM accounts WHERE id = ANY(?1) ORDER BY id FOR NO KEY UPDATE),
+                  bumped AS (
+                      UPDATE accounts SET version = accounts.version + 1 FROM locked
+                       WHERE accounts.id = ANY(?1) AND accounts.id = locked.id
+                      RETURNING accounts.id, accounts.version
+                  )
+             SELECT id, version FROM bumped UNION ALL SELECT NULL, version FROM book_version",
         )?;
+        // Which of the requests have a hold or a record: one probe of a
+        // unique index per pair. Joins rather than `EXISTS`: the planner costs
+        // an `EXISTS` as if a match came early, and so takes any index on the
+        // account for it, which then reads every record of the account when
+        // (as nearly always) there is none.
         let seen = self.statement(
-            "WITH asked AS (SELECT * FROM unnest(CAST(?1 AS TEXT[]), CAST(?2 AS TEXT[])) AS r(account_id, request_id))
-             SELECT account_id, request_id FROM holds WHERE (account_id, request_id) IN (SELECT * FROM asked)
-             UNION
-             SELECT account_id, request_id FROM usage_records WHERE (account_id, request_id) IN (SELECT * FROM asked)",
+            "SELECT r.account_id, r.request_id
+               FROM (SELECT unnest(CAST(?1 AS TEXT[])) AS account_id, unnest(CAST(?2 AS TEXT[])) AS request_id) AS r
+               LEFT JOIN usage_records u ON u.account_id = r.account_id AND u.request_id = r.request_id
+               LEFT JOIN holds h ON h.account_id = r.account_id AND h.request_id = r.request_id
+              WHERE u.account_id IS NOT NULL OR h.account_id IS NOT NULL",
         )?;
         let (asked_accounts, asked_requests): (Vec<&str>, Vec<&str>) = requests.iter().copied().unzip();
-        let (rows, seen) = self.flush_then(async |client| {
+        let (locked, seen) = self.flush_then(async |client| {
             let looked = async {
                 if requests.is_empty() {
                     return Ok(Vec::new());
@@ -673,35 +837,57 @@ impl WriterDb for PgConn {
             let (locked, looked) = futures_util::future::join(client.query(&lock, &[&accounts]), looked).await;
             Ok((locked?, looked?))
         })?;
-        let (book, locked): (Vec<_>, Vec<_>) =
-            rows.into_iter().partition(|row| row.get::<_, Option<&str>>(0).is_none());
-        let book = book.first().map(|row| row.try_get::<_, i64>(1)).transpose().map_err(pg_error)?;
+        let mut book = None;
+        let mut stale = Vec::new();
+        for row in &locked {
+            let version: i64 = row.try_get(1).map_err(pg_error)?;
+            match row.try_get::<_, Option<String>>(0).map_err(pg_error)? {
+                Some(id) => {
+                    if self.note_version(&id, version) {
+                        stale.push(id);
+                    }
+                }
+                None => book = Some(version),
+            }
+        }
         let book_changed = self.book_version.replace(book) != book;
         let seen = seen
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<HashSet<(String, String)>, tokio_postgres::Error>>()
             .map_err(pg_error)?;
-        Ok(Begun { stale: self.note_versions(&locked)?, book_changed, seen: Some(seen) })
+        Ok(Begun { stale, book_changed, seen: Some(seen) })
     }
 
     fn lock_account(&self, id: &str) -> Result<bool, StoreError> {
         if self.locked.borrow().contains(id) {
             return Ok(false);
         }
-        let rows = self.query_native("SELECT id, version FROM accounts WHERE id = ?1 FOR NO KEY UPDATE", &[&id])?;
-        Ok(!self.note_versions(&rows)?.is_empty())
+        let rows =
+            self.query_native("UPDATE accounts SET version = version + 1 WHERE id = ?1 RETURNING version", &[&id])?;
+        match rows.first() {
+            Some(row) => Ok(self.note_version(id, row.try_get(0).map_err(pg_error)?)),
+            None => Ok(false),
+        }
     }
 
     fn savepoint(&self, name: &'static str) -> Result<(), StoreError> {
-        let at = self.deferred.borrow().len();
-        self.savepoints.borrow_mut().push((name, Savepoint::Pending(at)));
+        let mut deferred = self.deferred.borrow_mut();
+        self.savepoints.borrow_mut().push((name, Savepoint::Pending(deferred.len())));
+        deferred.push(Deferred::Mark(name));
         Ok(())
     }
 
     fn release_savepoint(&self, name: &'static str) -> Result<(), StoreError> {
         match self.savepoints.borrow_mut().pop() {
-            Some((open, Savepoint::Pending(_))) if open == name => Ok(()),
+            Some((open, Savepoint::Pending(at))) if open == name => {
+                let mut deferred = self.deferred.borrow_mut();
+                if !matches!(deferred.get(at), Some(Deferred::Mark(mark)) if *mark == name) {
+                    return Err(StoreError::Internal(format!("savepoint {name} is not where it was opened")));
+                }
+                deferred.remove(at);
+                Ok(())
+            }
             Some((open, Savepoint::Sent)) if open == name => self.control(&format!("RELEASE SAVEPOINT {name}")),
             other => Err(StoreError::Internal(format!("release of savepoint {name} with {other:?} open"))),
         }
@@ -710,7 +896,7 @@ impl WriterDb for PgConn {
     fn rollback_to_savepoint(&self, name: &'static str) -> Result<(), StoreError> {
         match self.savepoints.borrow().last() {
             Some(&(open, Savepoint::Pending(at))) if open == name => {
-                self.deferred.borrow_mut().truncate(at);
+                self.deferred.borrow_mut().truncate(at + 1);
                 Ok(())
             }
             Some(&(open, Savepoint::Sent)) if open == name => self.control(&format!("ROLLBACK TO SAVEPOINT {name}")),
@@ -718,21 +904,9 @@ impl WriterDb for PgConn {
         }
     }
 
-    fn commit_batch(&self, touched: &[&str]) -> Result<(), StoreError> {
-        let bump =
-            self.statement("UPDATE accounts SET version = version + 1 WHERE id = ANY(?1) RETURNING id, version")?;
-        // The deferred writes, the version bump and the commit: one round trip.
-        let bumped = self.flush_then(async |client| {
-            let (bumped, committed) =
-                futures_util::future::join(client.query(&bump, &[&touched]), client.batch_execute("COMMIT")).await;
-            committed?;
-            bumped
-        })?;
-        let mut versions = self.versions.borrow_mut();
-        for row in &bumped {
-            let id: String = row.try_get(0).map_err(pg_error)?;
-            versions.insert(id, row.try_get(1).map_err(pg_error)?);
-        }
+    fn commit_batch(&self) -> Result<(), StoreError> {
+        // The deferred writes and the commit: one round trip.
+        self.flush_then(async |client| client.batch_execute("COMMIT").await)?;
         self.locked.borrow_mut().clear();
         Ok(())
     }
@@ -765,19 +939,93 @@ mod tests {
             super::unnest_sql("INSERT INTO t (a, b, c) VALUES (?1, ?2,\n ?3) ON CONFLICT (a) DO NOTHING", &types)
                 .as_deref(),
             Some(
-                "INSERT INTO t (a, b, c) SELECT c1, c2, c3 FROM unnest($1::text[], $2::int8[], $3::text[]) \
-                 WITH ORDINALITY AS u(c1, c2, c3, n) ORDER BY n ON CONFLICT (a) DO NOTHING"
+                "INSERT INTO t (a, b, c) SELECT unnest($1::text[]), unnest($2::int8[]), unnest($3::text[]) \
+                 ON CONFLICT (a) DO NOTHING"
             )
         );
         assert_eq!(super::unnest_sql("INSERT INTO t (a, b, c) VALUES (?1, ?3, ?2)", &types), None);
         assert_eq!(
             super::update_sql("UPDATE t SET b = ?2, c = ?3\n WHERE a = ?1", &types).as_deref(),
             Some(
-                "UPDATE t SET b = u.c2, c = u.c3 FROM unnest($1::text[], $2::int8[], $3::text[]) AS u(c1, c2, c3) WHERE t.a = u.c1"
+                "UPDATE t SET b = u.c2, c = u.c3 FROM (SELECT unnest($1::text[]) AS c1, unnest($2::int8[]) AS c2, \
+                 unnest($3::text[]) AS c3) AS u WHERE t.a = u.c1"
             )
         );
         assert_eq!(super::update_sql("UPDATE t SET b = b + ?2, c = ?3 WHERE a = ?1", &types), None);
         assert_eq!(super::update_sql("UPDATE t SET b = ?2 WHERE a = ?1", &types), None);
+    }
+
+    #[test]
+    fn statements_join_with_their_parameters_shifted() {
+        assert_eq!(
+            super::shift_parameters("unnest($1::text[], $12::int8[]) x$", 3),
+            "unnest($4::text[], $15::int8[]) x$"
+        );
+        assert_eq!(super::table_of("INSERT INTO grants (id, a) VALUES (?1, ?2)"), Some("grants"));
+        assert_eq!(super::table_of("INSERT INTO t(a) VALUES (?1)"), Some("t"));
+        assert_eq!(super::table_of("UPDATE accounts SET a = ?2 WHERE id = ?1"), Some("accounts"));
+        assert_eq!(super::table_of("DELETE FROM t"), None);
+    }
+
+    fn table(db: &creditd_testing::PgDatabase) -> super::PgConn {
+        let conn = super::PgConn::connect(db.url()).expect("connect");
+        conn.simple(
+            "CREATE TABLE t (id TEXT PRIMARY KEY, a BIGINT NOT NULL, b BIGINT NOT NULL);
+             CREATE TABLE log (n BIGINT NOT NULL);
+             INSERT INTO t VALUES ('x', 0, 0), ('y', 0, 0);",
+        )
+        .expect("tables");
+        conn
+    }
+
+    fn row(conn: &super::PgConn, id: &str) -> (i64, i64) {
+        use crate::sql::{DbExt, params};
+        conn.query_one("SELECT a, b FROM t WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?))).expect("row")
+    }
+
+    /// Writes of one table by two statements keep their order, even where
+    /// the rows of each are sent together: the last write of a row wins.
+    #[test]
+    fn the_writes_of_a_row_keep_their_order_across_statements() {
+        use crate::sql::{Db, params};
+        let db = creditd_testing::PgDatabase::create();
+        let conn = table(&db);
+        let whole = "UPDATE t SET a = ?2, b = ?3 WHERE id = ?1";
+        let part = "UPDATE t SET a = ?2 WHERE id = ?1";
+        conn.write_keyed(part, params!["y", 1]).expect("write");
+        conn.append("INSERT INTO log (n) VALUES (?1)", params![1]).expect("write");
+        conn.write_keyed(whole, params!["x", 2, 2]).expect("write");
+        conn.append("INSERT INTO log (n) VALUES (?1)", params![2]).expect("write");
+        conn.write_keyed(part, params!["x", 3]).expect("write");
+        assert_eq!(row(&conn, "x"), (3, 2));
+        assert_eq!(row(&conn, "y"), (1, 0));
+    }
+
+    /// A keyed write is not dropped for a later one that a rollback to a
+    /// savepoint between them undoes, even once the savepoint was sent.
+    #[test]
+    fn a_write_undone_by_a_rollback_supersedes_nothing() {
+        use crate::sql::{Db, WriterDb, params};
+        let db = creditd_testing::PgDatabase::create();
+        let conn = table(&db);
+        let whole = "UPDATE t SET a = ?2, b = ?3 WHERE id = ?1";
+        conn.control("BEGIN").expect("begin");
+        conn.write_keyed(whole, params!["x", 1, 1]).expect("write");
+        conn.savepoint("command").expect("savepoint");
+        conn.write_keyed(whole, params!["x", 2, 2]).expect("write");
+        assert_eq!(row(&conn, "x"), (2, 2));
+        conn.rollback_to_savepoint("command").expect("rollback");
+        conn.release_savepoint("command").expect("release");
+        assert_eq!(row(&conn, "x"), (1, 1));
+        // A savepoint that nothing follows when a read is sent stays unsent,
+        // and still undoes what follows it.
+        conn.savepoint("command").expect("savepoint");
+        assert_eq!(row(&conn, "y"), (0, 0));
+        conn.write_keyed(whole, params!["y", 4, 4]).expect("write");
+        conn.rollback_to_savepoint("command").expect("rollback");
+        conn.release_savepoint("command").expect("release");
+        conn.control("COMMIT").expect("commit");
+        assert_eq!(row(&conn, "y"), (0, 0));
     }
 
     #[test]

@@ -54,11 +54,11 @@ impl PgStore {
         clock: Arc<dyn Clock>,
     ) -> Result<PgStore, StoreError> {
         off_runtime(|| {
-            let conn = PgConn::connect(url)?;
+            let conn = PgConn::connect_writer(url)?;
             schema::migrate(&conn)?;
             let mut writers = vec![conn];
             for _ in 1..limits.writers.max(1) {
-                writers.push(PgConn::connect(url)?);
+                writers.push(PgConn::connect_writer(url)?);
             }
             SqlStore::start(writers, connect_readers(url, READERS)?, config, limits, clock)
         })

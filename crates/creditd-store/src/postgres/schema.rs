@@ -1,15 +1,16 @@
 //! The PostgreSQL schema: the same tables, columns and indexes as SQLite's
 //! (every integer a `BIGINT`, bytes `BYTEA`, `seq` an identity column), plus
 //! what several instances on one database need: a `version` per account and
-//! a version of the price book and plans. Text compares bytewise (`COLLATE
-//! "C"`), as in SQLite, so that cursors and groups come in the same order on
-//! both backends.
+//! a version of the price book and plans; and, for heap-only updates of
+//! grants, the indexes of live grants on a generated column `live` (V2).
+//! Text compares bytewise (`COLLATE "C"`), as in SQLite, so that cursors and
+//! groups come in the same order on both backends.
 
 use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -278,6 +279,33 @@ CREATE TRIGGER models_changed AFTER INSERT OR UPDATE OR DELETE ON models
     FOR EACH STATEMENT EXECUTE FUNCTION bump_book_version();
 CREATE TRIGGER plans_changed AFTER INSERT OR UPDATE OR DELETE ON plans
     FOR EACH STATEMENT EXECUTE FUNCTION bump_book_version();
+"#;
+
+/// What a charge costs the server. Every charge updates a grant: its
+/// `remaining` and `held` were in the predicates of the live-grant indexes,
+/// which makes PostgreSQL write a new entry in every index of `grants` for
+/// every update (a predicate column that changes rules out a heap-only
+/// update). The predicate is now `live`, a stored generated column, which
+/// changes only when a grant is spent out or refilled, so the grant and
+/// account updates of a charge are heap-only, with room left on each page
+/// for them. And the tables written on every charge lose their foreign keys
+/// to `accounts`: each cost an index probe and a row lock per row written,
+/// to prove what the writer already knows (it writes only the rows of
+/// accounts whose row it has locked, and accounts are never deleted).
+const V2: &str = r#"
+ALTER TABLE grants DROP CONSTRAINT grants_account_id_fkey;
+ALTER TABLE holds DROP CONSTRAINT holds_account_id_fkey;
+ALTER TABLE usage_records DROP CONSTRAINT usage_records_account_id_fkey;
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_account_id_fkey;
+
+ALTER TABLE grants ADD COLUMN live BOOLEAN GENERATED ALWAYS AS (remaining > 0 OR held > 0) STORED;
+DROP INDEX grants_live;
+DROP INDEX grants_due;
+CREATE INDEX grants_live ON grants(account_id, seq) WHERE live;
+CREATE INDEX grants_due ON grants(expires_at) WHERE expires_at IS NOT NULL AND live;
+
+ALTER TABLE accounts SET (fillfactor = 80);
+ALTER TABLE grants SET (fillfactor = 80);
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

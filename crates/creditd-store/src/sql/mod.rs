@@ -216,6 +216,34 @@ pub trait Db {
         each: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
+    /// Runs `queries`, each of whose one parameter is `list`, written
+    /// `= ANY(?1)`, and calls `each(i, row)` for every row of query `i`, the
+    /// queries in order. This default, for SQLite, which has no arrays, runs
+    /// each query once per value of the list, as `= ?1`; PostgreSQL binds the
+    /// list as an array and sends every query in one round trip.
+    fn query_any(
+        &self,
+        queries: &[&str],
+        list: &[&str],
+        each: &mut dyn FnMut(usize, &dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for (i, sql) in queries.iter().enumerate() {
+            let one = sql.replace("= ANY(?1)", "= ?1");
+            for value in list {
+                self.query_each(&one, params![value], &mut |row| each(i, row))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The condition that a `grants` row is live (has credits left or
+    /// held), as the indexes of live grants state it: a query must say it
+    /// the same way for the planner to use them. PostgreSQL's schema names it
+    /// as a column of its own (see `postgres::schema`, V2).
+    fn live_grant(&self) -> &'static str {
+        "(remaining > 0 OR held > 0)"
+    }
+
     /// Statements without parameters or results (transaction control). Like
     /// [`Db::write`], they may be sent with the next read or commit.
     fn control(&self, sql: &str) -> Result<(), StoreError>;
@@ -306,8 +334,8 @@ pub trait WriterDb: Db {
     /// Undoes what was done since the savepoint (which stays, to be released).
     fn rollback_to_savepoint(&self, name: &'static str) -> Result<(), StoreError>;
 
-    /// Commits the batch; `touched` are the accounts whose state it changed.
-    fn commit_batch(&self, touched: &[&str]) -> Result<(), StoreError>;
+    /// Commits the batch.
+    fn commit_batch(&self) -> Result<(), StoreError>;
 
     /// Rolls the batch back (after a failure; errors are ignored).
     fn rollback_batch(&self);

@@ -97,6 +97,10 @@ pub struct Writer<C> {
     /// `(account, request id)` pairs of the open batch that the store had
     /// not seen when it began: their lookups are skipped, once each.
     unseen: HashSet<(String, String)>,
+    /// The open batch's accounts that were not cached when it began (first
+    /// touches, and accounts another writer changed), loaded together then,
+    /// after their locks: each is taken at its first touch.
+    preloaded: HashMap<String, AccountState>,
 }
 
 fn not_found_account(id: &str) -> StoreError {
@@ -190,6 +194,7 @@ impl<C: WriterDb> Writer<C> {
             batch_max: limits.batch_max.max(1),
             sweep_queue: VecDeque::new(),
             unseen: HashSet::new(),
+            preloaded: HashMap::new(),
             sweeps: true,
         }
     }
@@ -254,16 +259,18 @@ impl<C: WriterDb> Writer<C> {
     /// Finds accounts with expiries due that nobody has touched.
     fn scan_due(&mut self) {
         let now = codec::micros(self.now());
+        let live = self.conn.live_grant();
         let found = self.conn.query_vec(
-            "SELECT account_id FROM holds WHERE status = 'open' AND expires_at <= ?1
+            &format!(
+                "SELECT account_id FROM holds WHERE status = 'open' AND expires_at <= ?1
                  UNION
-                 SELECT account_id FROM grants
-                  WHERE expires_at IS NOT NULL AND (remaining > 0 OR held > 0) AND expires_at <= ?1
+                 SELECT account_id FROM grants WHERE expires_at IS NOT NULL AND {live} AND expires_at <= ?1
                  UNION
                  SELECT account_id FROM subscriptions WHERE status = 'active' AND period_end <= ?1
                  UNION
                  SELECT account_id FROM subscriptions WHERE status = 'past_due' AND grace_ends_at <= ?1
-                 LIMIT ?2",
+                 LIMIT ?2"
+            ),
             params![now, SWEEP_SCAN_MAX],
             |row| row.get::<String>(0),
         );
@@ -341,6 +348,7 @@ impl<C: WriterDb> Writer<C> {
         accounts.dedup();
         let requests: Vec<(&str, &str)> = jobs.iter().filter_map(|job| job.command.request()).collect();
         self.unseen.clear();
+        self.preloaded.clear();
         let begun = self.conn.begin_batch(&accounts, &requests).and_then(|begun| {
             for id in &begun.stale {
                 self.cache.pop(id.as_str());
@@ -353,7 +361,12 @@ impl<C: WriterDb> Writer<C> {
                     .collect();
             }
             self.book.stale |= begun.book_changed;
-            self.ensure_book()
+            self.ensure_book()?;
+            // First touches and accounts another writer changed: loaded now,
+            // all at once, rather than one after another as each is reached.
+            let missing: Vec<&str> = accounts.iter().copied().filter(|id| !self.cache.contains(*id)).collect();
+            self.preloaded = rows::load_states(&self.conn, &missing)?;
+            Ok(())
         });
         if let Err(e) = begun {
             self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
@@ -363,14 +376,13 @@ impl<C: WriterDb> Writer<C> {
             return Ok(());
         }
         let mut results = Vec::with_capacity(n);
-        let mut touched: Vec<String> = Vec::new();
         let mut broken = false;
         for job in &jobs {
             if broken {
                 break;
             }
             let background = job.reply.is_none();
-            let result = self.run_one(job.command.clone(), job.idempotent.as_ref(), background, &mut touched);
+            let result = self.run_one(job.command.clone(), job.idempotent.as_ref(), background);
             broken = self.conn.transaction_lost();
             results.push(result);
         }
@@ -378,8 +390,7 @@ impl<C: WriterDb> Writer<C> {
         let committed = if broken {
             Err(StoreError::Internal("the transaction was rolled back by the database".into()))
         } else {
-            let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
-            self.conn.commit_batch(&touched)
+            self.conn.commit_batch()
         };
         metrics::histogram!("creditd_writer_commit_seconds").record(commit_started.elapsed().as_secs_f64());
         metrics::histogram!("creditd_writer_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -416,7 +427,6 @@ impl<C: WriterDb> Writer<C> {
         command: Command,
         idempotent: Option<&Idempotent>,
         background: bool,
-        touched: &mut Vec<String>,
     ) -> Result<Reply, StoreError> {
         self.conn.savepoint("command")?;
         // The engine asserts what it believes cannot happen; if it ever
@@ -427,9 +437,6 @@ impl<C: WriterDb> Writer<C> {
         let outcome = outcome.and_then(|done| self.conn.release_savepoint("command").map(|()| done));
         match outcome {
             Ok((reply, pending)) => {
-                if let Pending::Account { state, .. } = &pending {
-                    touched.push(state.account_id.clone());
-                }
                 self.keep(pending);
                 Ok(reply)
             }
@@ -507,7 +514,10 @@ impl<C: WriterDb> Writer<C> {
         if let Some(state) = cached {
             return Ok(state.clone());
         }
-        let state = rows::load_state(&self.conn, account_id)?.ok_or_else(|| not_found_account(account_id))?;
+        let state = match self.preloaded.remove(account_id) {
+            Some(state) => state,
+            None => rows::load_state(&self.conn, account_id)?.ok_or_else(|| not_found_account(account_id))?,
+        };
         if !background {
             self.cache.put(account_id.to_string(), state.clone());
         }

@@ -107,7 +107,7 @@ impl WriterDb for Connection {
         self.control(&format!("ROLLBACK TO {name}"))
     }
 
-    fn commit_batch(&self, _touched: &[&str]) -> Result<(), StoreError> {
+    fn commit_batch(&self) -> Result<(), StoreError> {
         self.control("COMMIT")
     }
 
