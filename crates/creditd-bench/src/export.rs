@@ -32,7 +32,9 @@ use creditd_core::units::{Credits, Usd};
 use creditd_server::export::Format;
 use creditd_server::{App, ServerConfig};
 use creditd_store::sqlite::{SqliteReader, SqliteStore};
-use creditd_store::{Command, EngineConfig, Store, SystemClock, UsageFilter, WriterLimits};
+use creditd_store::{
+    Command, EngineConfig, ExportEncoder, ExportFields, Store, SystemClock, UsageBatch, UsageFilter, WriterLimits,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -129,7 +131,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
 
     let ways: Vec<(&str, Way)> = vec![
         ("in-process: store export only (read + decode, no formatting)", Way::Store(None)),
-        ("in-process: store export + CSV formatting (no I/O)", Way::Store(Some(Format::Csv))),
+        ("in-process: store export + CSV formatting on the reading threads (no I/O)", Way::Store(Some(Format::Csv))),
         ("HTTP `GET /v1/usage/export?format=csv`", Way::Http("csv")),
         ("HTTP `GET /v1/usage/export?format=jsonl`", Way::Http("jsonl")),
         ("CLI `creditd export --format csv`", Way::Cli("csv")),
@@ -237,21 +239,20 @@ impl Run {
 async fn in_process(store: &Arc<dyn Store>, format: Option<Format>) -> Result<Run> {
     reset_peak();
     let started = Instant::now();
-    let (sink, mut batches) = tokio::sync::mpsc::channel(4);
+    let (sink, mut chunks) = tokio::sync::mpsc::channel(4);
+    let encode: ExportEncoder = match format {
+        Some(format) => format.encoder(),
+        None => ExportEncoder::new(ExportFields::All, |_: &UsageBatch, _: &mut Vec<u8>| {}),
+    };
     let export = {
         let store = store.clone();
-        tokio::spawn(async move { store.export(None, UsageFilter::default(), sink).await })
+        tokio::spawn(async move { store.export(None, UsageFilter::default(), encode, sink).await })
     };
     let (mut records, mut bytes) = (0u64, 0u64);
-    let mut out = Vec::new();
-    while let Some(batch) = batches.recv().await {
-        let batch = batch?;
-        records += batch.len() as u64;
-        if let Some(format) = format {
-            out.clear();
-            format.write_batch(&batch, &mut out);
-            bytes += out.len() as u64;
-        }
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk?;
+        records += chunk.records as u64;
+        bytes += chunk.bytes.len() as u64;
     }
     export.await??;
     let seconds = started.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@
 
 use creditd_core::account::UsageRecord;
 use creditd_core::units::{Credits, Usd};
-use creditd_store::{UsageBatch, UsageRow};
+use creditd_store::{ExportEncoder, ExportFields, UsageBatch, UsageRow};
 use jiff::Timestamp;
 
 use crate::dto::UsageRecordOut;
@@ -115,6 +115,15 @@ impl Format {
         for row in batch.rows() {
             self.write_row(&row, out);
         }
+    }
+
+    /// [`Format::write_batch`], for the store to run as it reads.
+    pub fn encoder(self) -> ExportEncoder {
+        let fields = match self {
+            Format::Csv => ExportFields::Csv,
+            Format::Jsonl => ExportFields::All,
+        };
+        ExportEncoder::new(fields, move |batch: &UsageBatch, out: &mut Vec<u8>| self.write_batch(batch, out))
     }
 }
 

@@ -26,8 +26,9 @@ use crate::Failure;
 use crate::cli::{ExportArgs, ExportFormat};
 use crate::commands::{Database, database, resolve};
 
-/// Batches between the reads and the writes: what the export holds at most.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Encoded chunks between the reads and the writes: what the export holds
+/// at most.
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// Output buffer: few large writes.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// The progress bar is redrawn at most this often.
@@ -124,45 +125,34 @@ async fn export_from<C: Db + Send + 'static>(
     let where_to = args.output.as_ref().map_or("standard output".to_string(), |f| f.display().to_string());
     let write_failed = |e: io::Error| Failure::runtime(format!("cannot write to {where_to}: {e}"));
 
-    let (batches_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let (chunks_tx, mut chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let task = {
         let reader = reader.clone();
         let account = account.clone();
         let filter = filter.clone();
-        tokio::spawn(async move { reader.export(account.as_deref(), filter, batches_tx).await })
+        tokio::spawn(async move { reader.export(account.as_deref(), filter, format.encoder(), chunks_tx).await })
     };
 
-    let mut buffer = Vec::new();
-    format.write_header(&mut buffer);
+    // `Ok(false)`: the reader went away (`creditd export | head`), stop quietly.
+    let mut write = |bytes: &[u8]| match out.write_all(bytes) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(write_failed(e)),
+    };
+    let mut header = Vec::new();
+    format.write_header(&mut header);
+    let mut open = write(&header)?;
     let mut rows: u64 = 0;
-    let mut closed_early = false;
-    while let Some(batch) = batches.recv().await {
-        let batch = batch.map_err(|e| Failure::runtime(format!("the export failed after {rows} records: {e}")))?;
-        format.write_batch(&batch, &mut buffer);
-        match out.write_all(&buffer) {
-            Ok(()) => {}
-            // The reader went away (`creditd export | head`): stop quietly.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                closed_early = true;
-                break;
-            }
-            Err(e) => return Err(write_failed(e)),
-        }
-        buffer.clear();
-        rows += batch.len() as u64;
+    while open && let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|e| Failure::runtime(format!("the export failed after {rows} records: {e}")))?;
+        open = write(&chunk.bytes)?;
+        rows += chunk.records as u64;
         if let Some(p) = progress.as_mut() {
             p.update(rows);
         }
     }
-    drop(batches);
-    if !closed_early {
-        if !buffer.is_empty() {
-            // Nothing arrived: the header alone.
-            match out.write_all(&buffer) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(write_failed(e)),
-                _ => {}
-            }
-        }
+    drop(chunks);
+    if open {
         match out.flush() {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(write_failed(e)),
             _ => {}

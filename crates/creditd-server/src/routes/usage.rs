@@ -20,9 +20,9 @@ use crate::respond::ok;
 use crate::state::AppState;
 use crate::validate;
 
-/// Batches of rows between the store's reads and the response body: with
+/// Encoded chunks between the store's reads and the response body: with
 /// `EXPORT_BATCH_ROWS` rows each, what an export holds in memory at most.
-const BATCHES_IN_FLIGHT: usize = 4;
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// The filters of `?from&to&model&request_type&project&conversation&status`.
 pub fn usage_filter(query: &QueryParams) -> ApiResult<UsageFilter> {
@@ -144,9 +144,9 @@ pub async fn export_all(State(state): State<AppState>, caller: Caller, query: Qu
     stream(&state, account_id, filter, format).await
 }
 
-/// The export as a streamed body. The store reads in batches into a bounded
-/// channel, so memory is flat in the number of rows and a client that
-/// stops reading stops the reads. The first batch is awaited before the
+/// The export as a streamed body. The store reads and encodes chunks into
+/// a bounded channel, so memory is flat in the number of rows and a client
+/// that stops reading stops the reads. The first chunk is awaited before the
 /// answer starts, so a store that fails at once is a JSON error; a failure
 /// later cuts the body short (no final chunk), which a client sees as an
 /// incomplete download.
@@ -156,31 +156,27 @@ async fn stream(
     filter: UsageFilter,
     format: Format,
 ) -> ApiResult<Response> {
-    let (sink, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let (sink, mut chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let store = state.store.clone();
     let account = account_id.clone();
     tokio::spawn(async move {
-        if let Err(error) = store.export(account.as_deref(), filter, sink).await {
+        if let Err(error) = store.export(account.as_deref(), filter, format.encoder(), sink).await {
             tracing::error!(%error, "usage export failed");
         }
     });
     let mut head = Vec::new();
     format.write_header(&mut head);
-    match batches.recv().await {
+    match chunks.recv().await {
         Some(Err(e)) => return Err(e.into()),
-        Some(Ok(batch)) => format.write_batch(&batch, &mut head),
+        Some(Ok(chunk)) => head.extend_from_slice(&chunk.bytes),
         None => {}
     }
-    let rest = futures_util::stream::unfold(batches, move |mut batches| async move {
-        let item = match batches.recv().await? {
-            Ok(batch) => {
-                let mut out = Vec::new();
-                format.write_batch(&batch, &mut out);
-                Ok(Bytes::from(out))
-            }
+    let rest = futures_util::stream::unfold(chunks, move |mut chunks| async move {
+        let item = match chunks.recv().await? {
+            Ok(chunk) => Ok(Bytes::from(chunk.bytes)),
             Err(e) => Err(std::io::Error::other(e.to_string())),
         };
-        Some((item, batches))
+        Some((item, chunks))
     });
     let body = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(Bytes::from(head)))).chain(rest);
     let filename = format!("usage-{}.{}", account_id.as_deref().unwrap_or("all"), format.as_str());

@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::writer::{Job, Stats, Writer};
 use super::{Db, DbExt, WriterDb, payments, reader, rows, usage};
 use crate::{
-    AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportSink, GroupBy, Idempotent,
-    LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, UsageFilter, UsageSummary, WriterLimits,
+    AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportEncoder, ExportSink, GroupBy,
+    Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, UsageFilter, UsageSummary,
+    WriterLimits,
 };
 
 /// Read connections, each used by one read at a time.
@@ -252,9 +253,10 @@ impl<C: Db + Send + 'static> SqlReader<C> {
         &self,
         account_id: Option<&str>,
         filter: UsageFilter,
+        encode: ExportEncoder,
         sink: ExportSink,
     ) -> Result<u64, StoreError> {
-        usage::export(self.readers.clone(), account_id.map(str::to_string), filter, sink).await
+        usage::export(self.readers.clone(), account_id.map(str::to_string), filter, encode, sink).await
     }
 }
 
@@ -353,8 +355,14 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
         self.read(move |conn| usage::count(conn, account_id.as_deref(), &filter)).await
     }
 
-    async fn export(&self, account_id: Option<&str>, filter: UsageFilter, sink: ExportSink) -> Result<u64, StoreError> {
-        usage::export(self.readers()?.clone(), account_id.map(str::to_string), filter, sink).await
+    async fn export(
+        &self,
+        account_id: Option<&str>,
+        filter: UsageFilter,
+        encode: ExportEncoder,
+        sink: ExportSink,
+    ) -> Result<u64, StoreError> {
+        usage::export(self.readers()?.clone(), account_id.map(str::to_string), filter, encode, sink).await
     }
 
     async fn model(&self, id: &str) -> Result<Option<ModelVersion>, StoreError> {

@@ -24,8 +24,8 @@ use super::rows::{self, USAGE_COLUMNS};
 use super::store::{ReadPool, read};
 use super::{Db, DbExt, Param, Row};
 use crate::{
-    EXPORT_BATCH_ROWS, ExportSink, GroupBy, Page, Paged, SUMMARY_ROWS_MAX, StoreError, SummaryRow, UsageBatch,
-    UsageFields, UsageFilter, UsageSummary, UsageTotals,
+    EXPORT_BATCH_ROWS, ExportChunk, ExportEncoder, ExportFields, ExportSink, GroupBy, Page, Paged, SUMMARY_ROWS_MAX,
+    StoreError, SummaryRow, UsageBatch, UsageFields, UsageFilter, UsageSummary, UsageTotals,
 };
 
 /// The parameters `?1`…`?8` of every usage query: the account, then the filter.
@@ -149,6 +149,21 @@ const EXPORT_COLUMNS: &str = "account_id, request_id, hold_id, request_type, mod
      iterations, external_calls, context_bytes, tools, metadata, cost_usd, credits, charged_from, debt_incurred, \
      hold_expired, refunded, recorded_at, seq";
 
+/// `EXPORT_COLUMNS` for `ExportFields::Csv`: constants in place of the
+/// columns that CSV does not show, so that every column keeps its place.
+const CSV_EXPORT_COLUMNS: &str = "account_id, request_id, CAST(NULL AS TEXT), request_type, model, price_version, \
+     status, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, images, tool_calls, \
+     reasoning_tokens, system_tokens, context_tokens, project, conversation, region, started_at, finished_at, \
+     latency_ms, retries, iterations, external_calls, context_bytes, tools, CAST(NULL AS TEXT), cost_usd, credits, \
+     charged_from, debt_incurred, CAST(0 AS BIGINT), CAST(0 AS BIGINT), recorded_at, seq";
+
+fn export_columns(fields: ExportFields) -> &'static str {
+    match fields {
+        ExportFields::All => EXPORT_COLUMNS,
+        ExportFields::Csv => CSV_EXPORT_COLUMNS,
+    }
+}
+
 /// Appends a row (`EXPORT_COLUMNS`) to `batch`, checked as
 /// `rows::usage` checks it but without an owned record; returns its position.
 fn push_row(batch: &mut UsageBatch, row: &dyn Row) -> Result<Position, StoreError> {
@@ -203,6 +218,8 @@ const ROW_TEXT_BYTES: usize = 384;
 /// One chunk of an export: the rows after `after` in `(recorded_at, seq)`
 /// order, none newer than `max_seq` (taken when the export starts).
 struct Chunk {
+    /// What it reads of each row: `export_columns`.
+    columns: &'static str,
     account_id: Option<Arc<str>>,
     filter: Arc<UsageFilter>,
     max_seq: i64,
@@ -260,7 +277,7 @@ impl Chunk {
     fn read(&self, conn: &dyn Db, until: Option<Position>) -> Result<(UsageBatch, Option<Position>), StoreError> {
         let mut batch = UsageBatch::with_capacity(EXPORT_BATCH_ROWS, EXPORT_BATCH_ROWS * ROW_TEXT_BYTES);
         let mut last = None;
-        self.query(conn, EXPORT_COLUMNS, until, 0, EXPORT_BATCH_ROWS, |row| {
+        self.query(conn, self.columns, until, 0, EXPORT_BATCH_ROWS, |row| {
             last = Some(push_row(&mut batch, row)?);
             Ok(())
         })?;
@@ -294,8 +311,10 @@ fn index_only(filter: &UsageFilter) -> bool {
         && filter.status.is_none()
 }
 
-/// Chunks an export reads at once when its filter is an index range: two
-/// read connections decode rows side by side while the consumer writes.
+/// Chunks an export reads and encodes at once: for an index range, two
+/// read connections decode and encode rows side by side; for other filters,
+/// whose chunks are found one after another, the next chunk is read while
+/// this one is encoded.
 const CHUNKS_IN_FLIGHT: usize = 2;
 
 /// The export (see `Store::export`). Each batch is its own short read, so
@@ -307,31 +326,35 @@ pub async fn export<C: Db + Send + 'static>(
     readers: Arc<ReadPool<C>>,
     account_id: Option<String>,
     filter: UsageFilter,
+    encode: ExportEncoder,
     sink: ExportSink,
 ) -> Result<u64, StoreError> {
-    let result = export_batches(&readers, account_id, filter, &sink).await;
+    let result = export_batches(&readers, account_id, filter, &encode, &sink).await;
     if let Err(e) = &result {
         let _ = sink.send(Err(e.clone())).await;
     }
     result
 }
 
-/// A chunk's rows, being read on a blocking thread.
-type ChunkRead = tokio::task::JoinHandle<Result<UsageBatch, StoreError>>;
+/// A chunk's rows, being read and encoded on a blocking thread.
+type ChunkRead = tokio::task::JoinHandle<Result<ExportChunk, StoreError>>;
 
-/// Reads `chunk` on a blocking thread. Where the next chunk starts (`None`:
-/// this is the last) goes to `next` as soon as it is known: for an index
-/// range, found in the index before this chunk's rows are read, so that the
-/// next chunk is read alongside this one; otherwise, the last row read.
+/// Reads `chunk` on a blocking thread, then encodes it there, its
+/// connection returned. Where the next chunk starts (`None`: this is the
+/// last) goes to `next` as soon as it is known: for an index range, found
+/// in the index before this chunk's rows are read, so that the next chunk
+/// is read alongside this one; otherwise, the last row read.
 fn start_chunk<C: Db + Send + 'static>(
     readers: &Arc<ReadPool<C>>,
     chunk: Chunk,
     index_only: bool,
+    encode: &ExportEncoder,
     next: oneshot::Sender<Option<Position>>,
 ) -> ChunkRead {
     let readers = readers.clone();
+    let encode = encode.clone();
     tokio::task::spawn_blocking(move || {
-        readers.with(|conn: &C| {
+        let batch = readers.with(|conn: &C| {
             if index_only {
                 let until = chunk.end(conn)?;
                 let _ = next.send(until);
@@ -341,7 +364,10 @@ fn start_chunk<C: Db + Send + 'static>(
                 let _ = next.send(last.filter(|_| batch.len() == EXPORT_BATCH_ROWS));
                 Ok(batch)
             }
-        })
+        })?;
+        let mut bytes = Vec::new();
+        (encode.write)(&batch, &mut bytes);
+        Ok(ExportChunk { records: batch.len(), bytes })
     })
 }
 
@@ -349,11 +375,11 @@ async fn export_batches<C: Db + Send + 'static>(
     readers: &Arc<ReadPool<C>>,
     account_id: Option<String>,
     filter: UsageFilter,
+    encode: &ExportEncoder,
     sink: &ExportSink,
 ) -> Result<u64, StoreError> {
     let max_seq = read(readers, |conn: &C| max_seq(conn)).await?;
     let index_only = index_only(&filter);
-    let window = if index_only { CHUNKS_IN_FLIGHT } else { 1 };
     let account_id: Option<Arc<str>> = account_id.map(Arc::from);
     let filter = Arc::new(filter);
     let mut pending: VecDeque<ChunkRead> = VecDeque::new();
@@ -364,22 +390,28 @@ async fn export_batches<C: Db + Send + 'static>(
         if sink.is_closed() {
             break;
         }
-        while pending.len() < window
+        while pending.len() < CHUNKS_IN_FLIGHT
             && let Some(after) = next
         {
-            let chunk = Chunk { account_id: account_id.clone(), filter: filter.clone(), max_seq, after };
+            let chunk = Chunk {
+                columns: export_columns(encode.fields),
+                account_id: account_id.clone(),
+                filter: filter.clone(),
+                max_seq,
+                after,
+            };
             let (tell, told) = oneshot::channel();
-            pending.push_back(start_chunk(readers, chunk, index_only, tell));
+            pending.push_back(start_chunk(readers, chunk, index_only, encode, tell));
             // A read that fails tells nothing; its error comes with its rows.
             next = told.await.ok().flatten().map(Some);
         }
         let Some(reading) = pending.pop_front() else { break };
-        let batch = reading.await.map_err(|e| StoreError::Internal(format!("a read failed: {e}")))??;
-        if batch.is_empty() {
+        let chunk = reading.await.map_err(|e| StoreError::Internal(format!("a read failed: {e}")))??;
+        if chunk.records == 0 {
             continue;
         }
-        let len = batch.len() as u64;
-        if sink.send(Ok(batch)).await.is_err() {
+        let len = chunk.records as u64;
+        if sink.send(Ok(chunk)).await.is_err() {
             break;
         }
         sent += len;
@@ -528,6 +560,12 @@ mod tests {
     #[test]
     fn export_columns_are_the_usage_columns_but_the_fingerprint() {
         assert_eq!(EXPORT_COLUMNS, format!("{USAGE_COLUMNS}, seq").replace("fingerprint, ", ""));
+        let csv = EXPORT_COLUMNS
+            .replace("hold_id", "CAST(NULL AS TEXT)")
+            .replace("metadata", "CAST(NULL AS TEXT)")
+            .replace("hold_expired", "CAST(0 AS BIGINT)")
+            .replace("refunded", "CAST(0 AS BIGINT)");
+        assert_eq!(CSV_EXPORT_COLUMNS, csv);
     }
 
     #[test]
@@ -591,17 +629,27 @@ mod tests {
             let expected: Vec<String> =
                 expected.query_map([], |r| r.get(0)).expect("query").collect::<Result<_, _>>().expect("rows");
             assert!(expected.len() > EXPORT_BATCH_ROWS, "{condition}: more than a chunk");
-            let (sink, mut batches): (ExportSink, _) = tokio::sync::mpsc::channel(4);
+            let (sink, mut chunks): (ExportSink, _) = tokio::sync::mpsc::channel(4);
+            // Request ids, one a line.
+            let encode = ExportEncoder::new(ExportFields::All, |batch: &UsageBatch, out: &mut Vec<u8>| {
+                for row in batch.rows() {
+                    out.extend_from_slice(row.fields.request_id.as_bytes());
+                    out.push(b'\n');
+                }
+            });
             let collect = async {
                 let mut got = Vec::new();
-                while let Some(batch) = batches.recv().await {
-                    let batch = batch.expect("batch");
-                    assert!(batch.len() <= EXPORT_BATCH_ROWS);
-                    got.extend(batch.rows().map(|r| r.fields.request_id.to_string()));
+                while let Some(chunk) = chunks.recv().await {
+                    let chunk = chunk.expect("chunk");
+                    assert!(chunk.records <= EXPORT_BATCH_ROWS);
+                    let ids: Vec<String> =
+                        String::from_utf8(chunk.bytes).expect("text").lines().map(str::to_string).collect();
+                    assert_eq!(ids.len(), chunk.records, "{condition}: a chunk's count is its rows");
+                    got.extend(ids);
                 }
                 got
             };
-            let (sent, got) = tokio::join!(reader.export(account, filter, sink), collect);
+            let (sent, got) = tokio::join!(reader.export(account, filter, encode, sink), collect);
             assert_eq!(sent.expect("export"), expected.len() as u64, "{condition}");
             assert!(got == expected, "{condition}: {} rows in another order or set", got.len());
         }
