@@ -520,8 +520,11 @@ pub type ExportSink = tokio::sync::mpsc::Sender<Result<ExportChunk, StoreError>>
 pub struct ExportEncoder {
     /// The fields it shows: the others are not read.
     pub fields: ExportFields,
-    pub write: std::sync::Arc<dyn Fn(&UsageBatch, &mut Vec<u8>) + Send + Sync>,
+    pub write: std::sync::Arc<EncodeBatch>,
 }
+
+/// Appends the encoding of a batch to a buffer.
+pub type EncodeBatch = dyn Fn(&UsageBatch, &mut Vec<u8>) + Send + Sync;
 
 impl ExportEncoder {
     pub fn new(fields: ExportFields, write: impl Fn(&UsageBatch, &mut Vec<u8>) + Send + Sync + 'static) -> Self {
