@@ -311,11 +311,13 @@ fn index_only(filter: &UsageFilter) -> bool {
         && filter.status.is_none()
 }
 
-/// Chunks an export reads and encodes at once: for an index range, two
-/// read connections decode and encode rows side by side; for other filters,
-/// whose chunks are found one after another, the next chunk is read while
-/// this one is encoded.
-const CHUNKS_IN_FLIGHT: usize = 2;
+/// Chunks an export reads and encodes at once: for an index range, three
+/// read connections decode and encode rows side by side (one more than the
+/// cores of a small machine, so that a read waiting on the disk leaves a
+/// core to another); for other filters, whose chunks are found one after
+/// another, the next chunk is read while this one is encoded. A chunk holds
+/// its connection only while it reads, so other reads interleave.
+const CHUNKS_IN_FLIGHT: usize = 3;
 
 /// The export (see `Store::export`). Each batch is its own short read, so
 /// a slow consumer holds no connection and no snapshot (the WAL can be
