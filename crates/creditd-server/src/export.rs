@@ -474,6 +474,50 @@ mod tests {
         }
     }
 
+    /// The store reads a CSV export without these fields
+    /// (`ExportFields::Csv`): CSV must not show them, or it would show them
+    /// empty.
+    #[test]
+    fn csv_shows_none_of_the_fields_a_csv_export_leaves_unread() {
+        use creditd_core::account::RequestDetails;
+        use creditd_core::pricing::{RequestStatus, Usage};
+        let full = UsageRecord {
+            account_id: "acct".into(),
+            request_id: "req".into(),
+            fingerprint: String::new(),
+            hold_id: Some("hold_1".into()),
+            request_type: "chat".into(),
+            model: "m".into(),
+            price_version: 3,
+            status: RequestStatus::Success,
+            usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
+            details: RequestDetails {
+                project: Some("p".into()),
+                metadata: Some(r#"{"k":"v"}"#.into()),
+                ..RequestDetails::default()
+            },
+            cost_usd: Usd::from_units(12),
+            credits: Credits::from_units(34),
+            charged_from: Vec::new(),
+            debt_incurred: Credits::from_units(0),
+            hold_expired: true,
+            refunded: true,
+            recorded_at: Timestamp::from_second(1_800_000_000).unwrap(),
+        };
+        let mut unread = full.clone();
+        unread.hold_id = None;
+        unread.details.metadata = None;
+        unread.hold_expired = false;
+        unread.refunded = false;
+        let csv = |record: &UsageRecord| text(|o| Format::Csv.write_record(record, o));
+        assert_eq!(csv(&full), csv(&unread));
+        assert_eq!(Format::Csv.encoder().fields, ExportFields::Csv);
+        // JSONL shows them all, and reads them all.
+        let jsonl = |record: &UsageRecord| text(|o| Format::Jsonl.write_record(record, o));
+        assert_ne!(jsonl(&full), jsonl(&unread));
+        assert_eq!(Format::Jsonl.encoder().fields, ExportFields::All);
+    }
+
     #[test]
     fn the_header_is_the_spec_columns() {
         let mut out = Vec::new();
