@@ -99,7 +99,7 @@ pub async fn migrate(args: &DbArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `creditd audit`: checks every invariant of `semantics.md` §10.
+/// `creditd audit`: checks every ledger invariant (docs/concepts.md).
 pub async fn audit(args: &DbArgs) -> Result<(), Failure> {
     let (config, url) = resolve(args)?;
     let database = database(&url)?;
@@ -125,7 +125,10 @@ pub fn render_audit(url: &str, report: &AuditReport) -> String {
         "audit of {url}: {} accounts, {} ledger entries, {} usage records\n",
         report.accounts, report.entries, report.usage_records
     );
-    out.push_str(&format!("checked {} invariants (semantics.md §10):\n", INVARIANTS.len()));
+    out.push_str(&format!(
+        "checked {} invariants (see docs/concepts.md#the-ledger-and-the-audit):\n",
+        INVARIANTS.len()
+    ));
     for (i, name) in INVARIANTS.iter().enumerate() {
         let number = i + 1;
         let broken = report.breaches.iter().filter(|b| usize::from(b.invariant) == number).count();
