@@ -33,7 +33,7 @@ use crate::campaign::Billing;
 use crate::ledger::{Changes, EntryKind, LedgerEntry, Reference};
 use crate::plan::PlanBook;
 use crate::pricing::{self, EstimateInput, ModelPrice, PricingError, PricingPolicy, RequestStatus, Usage};
-use crate::units::{Credits, MAX_GRANT, Usd};
+use crate::units::{Credits, MAX_BALANCE, MAX_GRANT, Usd};
 
 /// Why an operation was refused. Each maps to one error code of `api.md`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -382,22 +382,51 @@ impl Tx<'_> {
         }
     }
 
-    /// Charges `amount` in burn order and writes one `charge` entry per source.
-    /// Returns where it came from and how much of it became debt.
-    fn charge(&mut self, amount: Credits, request_id: &str, frozen: bool) -> (Vec<Portion>, Credits) {
-        let wallet_spendable = self.state.wallet.spendable();
-        let grants_available: Credits =
-            self.state.grants.iter().filter(|g| g.is_usable(self.now)).map(Grant::unheld).sum();
+    /// Charges `amount` in burn order and writes one `charge` entry per source,
+    /// each with the balance as it stands after that source (not after the
+    /// whole charge). Returns where it came from and how much of it became
+    /// debt: the growth of the wallet's debt (its negative balance), so that
+    /// a charge that takes a wallet holds have reserved, or a settle after
+    /// such a charge, never counts the same debt twice.
+    ///
+    /// Refused when the wallet would go below `-MAX_BALANCE`.
+    fn charge(&mut self, amount: Credits, request_id: &str, frozen: bool) -> Result<(Vec<Portion>, Credits), Refusal> {
+        let grants_available: i128 =
+            self.state.grants.iter().filter(|g| g.is_usable(self.now)).map(|g| i128::from(g.unheld().units())).sum();
+        let lowest = i128::from(self.state.wallet.balance.units()) + i128::from(MAX_BALANCE.units()) + grants_available;
+        if i128::from(amount.units()) > lowest {
+            return Err(Refusal::InvalidRequest(format!(
+                "the charge of {amount} credits would take the wallet below -{MAX_BALANCE}"
+            )));
+        }
+        let debt_before = self.state.wallet.debt();
+        let mut balance = self.state.ledger_balance();
         let parts = self.take(amount, false, frozen);
         for part in &parts {
             let grant_id = match &part.source {
                 Source::Grant { grant_id, .. } => Some(grant_id.as_str()),
                 Source::Wallet => None,
             };
+            balance -= part.amount;
             self.entry(self.now, EntryKind::Charge, -part.amount, grant_id, Reference::Request(request_id.to_string()));
+            if let Some(e) = self.changes.entries.last_mut() {
+                e.balance_after = balance;
+            }
         }
-        let debt = (amount - grants_available - wallet_spendable).max(Credits::ZERO);
-        (parts, debt)
+        let debt = (self.state.wallet.debt() - debt_before).max(Credits::ZERO);
+        Ok((parts, debt))
+    }
+
+    /// Adds `amount` (either sign) to the wallet's balance, refusing a
+    /// balance outside `±MAX_BALANCE`.
+    fn add_to_wallet(&mut self, amount: Credits) -> Result<(), Refusal> {
+        let after = self.state.wallet.balance.checked_add(amount).filter(|b| b.units().abs() <= MAX_BALANCE.units());
+        let Some(after) = after else {
+            return Err(Refusal::InvalidRequest(format!("the wallet would leave the range of ±{MAX_BALANCE} credits")));
+        };
+        self.state.wallet.balance = after;
+        self.changes.wallet = true;
+        Ok(())
     }
 
     /// Repays wallet debt from grants' unheld credits, in burn order
@@ -650,7 +679,7 @@ pub fn settle(
         tx.release_parts(&hold, tx.now);
         tx.state.holds.retain(|h| h.id != hold.id);
     }
-    let (charged_from, debt_incurred) = tx.charge(price.credits, &outcome.request_id, frozen);
+    let (charged_from, debt_incurred) = tx.charge(price.credits, &outcome.request_id, frozen)?;
     tx.add_to_budget(price.cost_usd);
     let mut closed = hold.clone();
     closed.status = HoldStatus::Settled;
@@ -754,7 +783,7 @@ pub fn record_usage(tx: &mut Tx<'_>, input: UsageInput<'_>, prior: Prior<'_>) ->
     } else {
         checks::budget_frozen(&tx.state, tx.ctx.plans, None)
     };
-    let (charged_from, debt_incurred) = tx.charge(price.credits, &outcome.request_id, frozen);
+    let (charged_from, debt_incurred) = tx.charge(price.credits, &outcome.request_id, frozen)?;
     tx.repay_debt(tx.now);
     tx.add_to_budget(price.cost_usd);
     tx.count_request(&input.request_type);
@@ -880,7 +909,7 @@ pub fn credit_wallet(
     if !amount.is_positive() || amount > MAX_GRANT {
         return Err(Refusal::InvalidRequest(format!("amount must be above 0 and at most {MAX_GRANT}")));
     }
-    tx.state.wallet.balance += amount;
+    tx.add_to_wallet(amount)?;
     tx.entry_with_reason(tx.now, kind, amount, None, reference, reason);
     Ok(tx.changes.entries.last().cloned().expect("just written"))
 }
@@ -891,13 +920,13 @@ pub fn adjust_wallet(tx: &mut Tx<'_>, amount: Credits, reason: Option<String>) -
     if amount.is_zero() || amount.units().abs() > MAX_GRANT.units() {
         return Err(Refusal::InvalidRequest(format!("amount must be non-zero and at most {MAX_GRANT} either way")));
     }
-    let after = tx.state.wallet.balance + amount;
+    let after = tx.state.wallet.balance.checked_add(amount).unwrap_or(tx.state.wallet.balance);
     if amount.is_negative() && after < tx.state.wallet.held.max(Credits::ZERO) {
         return Err(Refusal::Conflict(format!(
             "the adjustment would take the wallet to {after}, below zero or below what is held"
         )));
     }
-    tx.state.wallet.balance = after;
+    tx.add_to_wallet(amount)?;
     tx.entry_with_reason(tx.now, EntryKind::Adjustment, amount, None, Reference::None, reason);
     tx.repay_debt(tx.now);
     Ok(tx.changes.entries.iter().rev().find(|e| e.kind == EntryKind::Adjustment).cloned().expect("just written"))

@@ -266,9 +266,13 @@ pub fn price(
         ),
     ];
 
-    // Numerators: cost in 10^-15 USD, credits in 10^-21 credits (femto per Mtok × tokens).
+    // Numerators: cost in 10^-15 USD; credits in two parts, the token
+    // classes in 10^-21 credits (femto per Mtok × tokens) and the flat
+    // items in femto-credits, kept apart so that neither overflows `i128`
+    // for any in-bounds request.
     let mut cost_num: i128 = 0;
     let mut credit_num: i128 = 0;
+    let mut flat_num: i128 = 0;
     let overflow = || PricingError::OutOfBounds;
     for (tokens, base_cost, base_credits, (tier_cost, tier_credits)) in classes {
         let tokens = tokens as i128;
@@ -290,11 +294,7 @@ pub fn price(
             .and_then(|x| x.checked_mul(TOKENS_PER_MTOK))
             .and_then(|x| cost_num.checked_add(x))
             .ok_or_else(overflow)?;
-        credit_num = count
-            .checked_mul(credits)
-            .and_then(|x| x.checked_mul(TOKENS_PER_MTOK))
-            .and_then(|x| credit_num.checked_add(x))
-            .ok_or_else(overflow)?;
+        flat_num = count.checked_mul(credits).and_then(|x| flat_num.checked_add(x)).ok_or_else(overflow)?;
     }
 
     let cost_nano = div_round_half_up(cost_num, TOKENS_PER_MTOK);
@@ -303,15 +303,32 @@ pub fn price(
     let charged = !policy.free_request_types.iter().any(|t| t == request_type)
         && (status != RequestStatus::Error || policy.charge_errors);
     let credits = if charged {
-        // 10^-21 credits × millionths = 10^-27 credits; µcr = 10^-6 credits.
-        let scaled = credit_num.checked_mul(model.multiplier.units() as i128).ok_or_else(overflow)?;
-        let micro = div_round_half_up(scaled, TOKENS_PER_MTOK * FEMTO_PER_MICRO * 1_000_000);
+        let micro = scale_credits(credit_num, flat_num, model.multiplier.units() as i128).ok_or_else(overflow)?;
         let credits = Credits::from_units(i64::try_from(micro).map_err(|_| overflow())?);
         if credits.is_positive() && credits < policy.min_charge { policy.min_charge } else { credits }
     } else {
         Credits::ZERO
     };
     Ok(Price { cost_usd, credits })
+}
+
+/// `(tokens_num × 10^-21 + flat_num × 10^-15) × multiplier × 10^-6`
+/// credits in µcr, rounded half up once. Exact without ever forming the
+/// whole numerator (which may exceed `i128` for an in-bounds request whose
+/// result fits): the amount is split into whole µcr `q` and a remainder
+/// `r` below one µcr (in 10^-21 credits), and `q × multiplier` is split
+/// again at 10^6. All parts are non-negative. `None` when the result
+/// itself exceeds `i128`.
+fn scale_credits(tokens_num: i128, flat_num: i128, multiplier: i128) -> Option<i128> {
+    // One µcr is 10^15 units of 10^-21 credits and 10^9 femto-credits.
+    const UNITS_PER_MICRO: i128 = 1_000_000_000_000_000;
+    let q = (tokens_num / UNITS_PER_MICRO).checked_add(flat_num / FEMTO_PER_MICRO)?;
+    let r = tokens_num % UNITS_PER_MICRO + (flat_num % FEMTO_PER_MICRO) * 1_000_000; // < 2 × 10^15
+    // result = (q × m × 10^15 + r × m) / 10^21, with q × m = a1 × 10^6 + a0.
+    let a = q.checked_mul(multiplier)?;
+    let (a1, a0) = (a / 1_000_000, a % 1_000_000);
+    let tail = a0 * UNITS_PER_MICRO + r * multiplier; // < 10^21 + 2 × 10^24
+    a1.checked_add(div_round_half_up(tail, UNITS_PER_MICRO * 1_000_000))
 }
 
 /// What an authorize or estimate is priced on: the input it knows and at

@@ -231,6 +231,11 @@ fixed_unit!(
 /// The largest single grant, top-up or purchase: 10^9 credits (`semantics.md` §1).
 pub const MAX_GRANT: Credits = Credits::whole(1_000_000_000);
 
+/// The widest wallet balance either way: 10^12 credits (10^18 µcr, a
+/// ninth of what `i64` holds). An operation that would take a wallet
+/// beyond it is refused; nothing wraps.
+pub const MAX_BALANCE: Credits = Credits::whole(1_000_000_000_000);
+
 /// The largest token count (or image or tool-call count) of one request.
 pub const MAX_TOKENS: u64 = 1_000_000_000;
 

@@ -407,24 +407,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         let (rec, changes) = result.map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
                         db.write(changes);
                         prop_assert_eq!(rec.record.hold_expired, status == HoldStatus::Expired);
-                        let spendable_before = {
-                            let parts = m.holds[&rid].parts.clone();
-                            if status == HoldStatus::Open {
-                                m.free(&parts);
-                            }
-                            // Debt counts only what neither grants nor the
-                            // wallet's own unheld credits could cover.
-                            let grants: i64 =
-                                m.order(m.now).iter().map(|&i| m.grants[i].remaining - m.grants[i].held).sum();
-                            grants + (m.wallet - m.wallet_held).max(0)
-                        };
+                        let parts = m.holds[&rid].parts.clone();
+                        if status == HoldStatus::Open {
+                            m.free(&parts);
+                        }
+                        // Debt incurred is the growth of the wallet's debt
+                        // (its negative balance) by this charge.
+                        let debt_before = (-m.wallet).max(0);
                         let out = output as i64;
                         m.take(out, false);
+                        let debt_incurred = (-m.wallet).max(0) - debt_before;
                         m.holds.get_mut(&rid).unwrap().status = HoldStatus::Settled;
                         m.used.insert(rid.clone());
                         m.repay(m.now);
                         prop_assert_eq!(rec.record.credits, c(out));
-                        prop_assert_eq!(rec.record.debt_incurred, c((out - spendable_before).max(0)));
+                        prop_assert_eq!(rec.record.debt_incurred, c(debt_incurred));
                     }
                 }
             }
@@ -470,9 +467,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if enforce && out > 0 && m.available() < out {
                     prop_assert!(matches!(result, Err(Refusal::InsufficientCredits { .. })), "step {}", step);
                 } else {
-                    let (_, changes) = result.map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+                    let (rec, changes) = result.map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
                     db.write(changes);
+                    let debt_before = (-m.wallet).max(0);
                     m.take(out, false);
+                    prop_assert_eq!(rec.record.debt_incurred, c((-m.wallet).max(0) - debt_before), "step {}", step);
                     m.repay(m.now);
                     m.used.insert(rid);
                 }

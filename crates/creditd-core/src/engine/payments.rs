@@ -152,7 +152,7 @@ pub fn refund_payment(tx: &mut Tx<'_>, refund: PaymentRefund) -> Result<Refunded
     }
     if from_wallet.is_positive() {
         let debt_before = tx.state.wallet.debt();
-        tx.state.wallet.balance -= from_wallet;
+        tx.add_to_wallet(-from_wallet)?;
         done.debt = tx.state.wallet.debt() - debt_before;
         tx.entry_with_reason(now, EntryKind::Refund, -from_wallet, None, reference(), refund.reason.clone());
     }
@@ -241,11 +241,7 @@ mod tests {
 
         /// Spends in burn order, as a charge does.
         fn spend(&mut self, credits: &str) {
-            self.run(|tx| {
-                tx.charge(cr(credits), "r", false);
-                Ok(())
-            })
-            .unwrap();
+            self.run(|tx| tx.charge(cr(credits), "r", false).map(|_| ())).unwrap();
         }
 
         fn refund(&mut self, paid: Paid, credits: &str) -> RefundedPayment {
