@@ -123,20 +123,25 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownModel(model) => write!(f, "model {model:?} is not in the price book"),
             Refusal::ModelNotAllowed { model, plan } => write!(f, "the plan {plan:?} does not allow model {model:?}"),
             Refusal::RateLimited { limit, retry_after_seconds } => {
-                write!(f, "at most {limit} requests per minute; a slot frees in {retry_after_seconds} s")
+                let requests = if *limit == 1 { "request" } else { "requests" };
+                write!(f, "at most {limit} {requests} per minute; a slot frees in {retry_after_seconds} s")
             }
             Refusal::DailyCapReached { limit, retry_after_seconds } => {
-                write!(f, "the daily cap of {limit} requests is reached; it resets in {retry_after_seconds} s")
+                let requests = if *limit == 1 { "request" } else { "requests" };
+                write!(f, "the daily cap of {limit} {requests} is reached; it resets in {retry_after_seconds} s")
             }
             Refusal::WeeklyCapReached { limit, retry_after_seconds } => {
-                write!(f, "the weekly cap of {limit} requests is reached; it resets in {retry_after_seconds} s")
+                let requests = if *limit == 1 { "request" } else { "requests" };
+                write!(f, "the weekly cap of {limit} {requests} is reached; it resets in {retry_after_seconds} s")
             }
             Refusal::PlanBudgetExhausted { budget_usd, used_usd } => write!(
                 f,
                 "the plan budget of {budget_usd} USD is used up ({used_usd} USD with open holds) and no other credits cover the request"
             ),
             Refusal::InsufficientCredits { available, estimate } => {
-                write!(f, "the request needs {estimate} credits but {available} are available")
+                let credits = if estimate.to_string() == "1" { "credit" } else { "credits" };
+                let are = if available.to_string() == "1" { "is" } else { "are" };
+                write!(f, "the request needs {estimate} {credits} but {available} {are} available")
             }
             Refusal::SubscriptionExpired => f.write_str("the subscription has expired"),
             Refusal::IdempotencyConflict => {
@@ -935,4 +940,23 @@ pub fn adjust_wallet(tx: &mut Tx<'_>, amount: Credits, reason: Option<String>) -
 /// Converts dollars to credits for the wallet, refusing what cannot be represented.
 pub fn usd_to_credits(amount: Usd, credits_per_usd: crate::units::Factor) -> Result<Credits, Refusal> {
     amount.to_credits(credits_per_usd).ok_or_else(|| Refusal::InvalidRequest("amount out of range".into()))
+}
+
+#[cfg(test)]
+mod refusal_messages {
+    use super::*;
+
+    #[test]
+    fn a_limit_of_one_says_1_request_not_1_requests() {
+        let rate = Refusal::RateLimited { limit: 1, retry_after_seconds: 59 };
+        assert_eq!(rate.to_string(), "at most 1 request per minute; a slot frees in 59 s");
+        let rate = Refusal::RateLimited { limit: 20, retry_after_seconds: 3 };
+        assert_eq!(rate.to_string(), "at most 20 requests per minute; a slot frees in 3 s");
+        let daily = Refusal::DailyCapReached { limit: 1, retry_after_seconds: 10 };
+        assert_eq!(daily.to_string(), "the daily cap of 1 request is reached; it resets in 10 s");
+        let weekly = Refusal::WeeklyCapReached { limit: 1, retry_after_seconds: 10 };
+        assert_eq!(weekly.to_string(), "the weekly cap of 1 request is reached; it resets in 10 s");
+        let short = Refusal::InsufficientCredits { available: Credits::whole(1), estimate: Credits::whole(1) };
+        assert_eq!(short.to_string(), "the request needs 1 credit but 1 is available");
+    }
 }

@@ -122,8 +122,10 @@ pub async fn audit(args: &DbArgs) -> Result<(), Failure> {
 /// The audit's report: what was checked, over how much, and every breach.
 pub fn render_audit(url: &str, report: &AuditReport) -> String {
     let mut out = format!(
-        "audit of {url}: {} accounts, {} ledger entries, {} usage records\n",
-        report.accounts, report.entries, report.usage_records
+        "audit of {url}: {}, {}, {}\n",
+        counted(report.accounts, "account", "accounts"),
+        counted(report.entries, "ledger entry", "ledger entries"),
+        counted(report.usage_records, "usage record", "usage records"),
     );
     out.push_str(&format!(
         "checked {} invariants (see docs/concepts.md#the-ledger-and-the-audit):\n",
@@ -135,18 +137,24 @@ pub fn render_audit(url: &str, report: &AuditReport) -> String {
         if broken == 0 {
             out.push_str(&format!("  ok      {name}\n"));
         } else {
-            out.push_str(&format!("  BROKEN  {name} ({broken} breaches)\n"));
+            out.push_str(&format!("  BROKEN  {name} ({})\n", counted(broken, "breach", "breaches")));
         }
     }
     if report.breaches.is_empty() {
         out.push_str("no breaches\n");
     } else {
-        out.push_str(&format!("{} breaches:\n", report.breaches.len()));
+        out.push_str(&format!("{}:\n", counted(report.breaches.len(), "breach", "breaches")));
         for breach in &report.breaches {
             out.push_str(&format!("  {breach}\n"));
         }
     }
     out
+}
+
+/// `n` and the noun in its number: "1 account", "2 accounts".
+pub fn counted(n: impl TryInto<u64> + Copy + std::fmt::Display, one: &str, many: &str) -> String {
+    let is_one = n.try_into().ok() == Some(1);
+    format!("{n} {}", if is_one { one } else { many })
 }
 
 /// `creditd keys create`: creates a key and prints its secret once.
@@ -195,7 +203,7 @@ mod tests {
     fn the_audit_report_names_every_invariant_and_each_breach() {
         let clean = AuditReport { accounts: 2, entries: 5, usage_records: 1, breaches: vec![] };
         let text = render_audit("sqlite://x.db", &clean);
-        assert!(text.contains("2 accounts, 5 ledger entries, 1 usage records"), "{text}");
+        assert!(text.contains("2 accounts, 5 ledger entries, 1 usage record\n"), "{text}");
         assert_eq!(text.matches("  ok  ").count(), INVARIANTS.len(), "{text}");
         assert!(text.ends_with("no breaches\n"), "{text}");
 
@@ -203,6 +211,7 @@ mod tests {
         let dirty = AuditReport { breaches: vec![breach], ..clean };
         let text = render_audit("sqlite://x.db", &dirty);
         assert!(text.contains("BROKEN  2 the wallet"), "{text}");
-        assert!(text.contains("1 breaches:\n  invariant 2 broken for account u_1: wallet off by 1"), "{text}");
+        assert!(text.contains("BROKEN  2 the wallet's balance equals the sum of its entries (1 breach)"), "{text}");
+        assert!(text.contains("1 breach:\n  invariant 2 broken for account u_1: wallet off by 1"), "{text}");
     }
 }

@@ -367,6 +367,25 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
+/// Checks that `listen` is `host:port` (`127.0.0.1:8080`, `[::1]:8080`,
+/// `localhost:0`): what the listener can be given. Whether the host
+/// resolves and the port is free is for the bind to say.
+pub fn check_listen(listen: &str) -> Result<(), String> {
+    let wrong =
+        || format!("{listen:?} is not an address such as \"127.0.0.1:8080\" (host:port; port 0 picks a free one)");
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = listen.rsplit_once(':').ok_or_else(wrong)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(wrong());
+    }
+    Ok(())
+}
+
 fn load_layers<F: Provider, E: Provider>(file: Option<F>, env: E) -> Result<Config, ConfigError> {
     let builtin: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
         .extract()
@@ -826,8 +845,8 @@ impl Validator<'_> {
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerSection, ConfigError> {
-        if raw.listen.trim().is_empty() {
-            return Err(self.error("server.listen", "must be an address such as \"127.0.0.1:8080\""));
+        if let Err(why) = check_listen(&raw.listen) {
+            return Err(self.error("server.listen", why));
         }
         Ok(ServerSection { listen: raw.listen, admin_key: self.secret(raw.admin_key) })
     }
@@ -1310,6 +1329,18 @@ mod tests {
 
         let e = err("[campaigns.signup_bonus]\namount = \"0.0000001\"\n");
         assert!(e.contains("`campaigns.signup_bonus.amount`") && e.contains("6 fractional digits"), "{e}");
+    }
+
+    #[test]
+    fn listen_not_an_address_names_the_key() {
+        let e = err("[server]\nlisten = \"not-an-address\"\n");
+        assert!(e.contains("`server.listen`") && e.contains("\"not-an-address\""), "{e}");
+        for bad in ["127.0.0.1", ":8080", "127.0.0.1:99999", "a b:80", ""] {
+            assert!(check_listen(bad).is_err(), "{bad:?}");
+        }
+        for good in ["127.0.0.1:8080", "0.0.0.0:0", "[::1]:8080", "localhost:8080", "db.internal:80"] {
+            assert!(check_listen(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Usage(m) | Failure::Runtime(m) => f.write_str(m),
-            Failure::Breaches(n) => write!(f, "the audit found {n} breach(es)"),
+            Failure::Breaches(n) => write!(f, "the audit found {}", commands::counted(*n, "breach", "breaches")),
         }
     }
 }

@@ -37,13 +37,31 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => tracing::info!("no configuration file: built-in defaults (see `creditd init`)"),
     }
     let url = args.db.clone().unwrap_or_else(|| config.database.url.clone());
-    let listen = args.listen.clone().unwrap_or_else(|| config.server.listen.clone());
+    // Where the address came from, for the messages below.
+    let (listen, listen_origin) = match &args.listen {
+        Some(flag) => (flag.clone(), "--listen (or CREDITD_LISTEN)".to_string()),
+        None => (
+            config.server.listen.clone(),
+            match &config.file {
+                Some(file) => format!("server.listen in {} or the built-in default", file.display()),
+                None => "server.listen, the built-in default".to_string(),
+            },
+        ),
+    };
+    config::check_listen(&listen).map_err(|why| Failure::usage(format!("invalid `{listen_origin}`: {why}")))?;
     let admin_key = args
         .admin_key
         .clone()
         .filter(|k| !k.is_empty())
         .or_else(|| config.server.admin_key.as_ref().map(|k| k.expose().to_string()));
     let database = database(&url)?;
+
+    // Bind before anything is created: a port in use stops the start before
+    // an admin key is made and printed (and lost with the failed start).
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot listen on {listen} (from {listen_origin}): {e}")))?;
+    let local = listener.local_addr().map_err(|e| Failure::runtime(format!("cannot read the bound address: {e}")))?;
 
     let (clock, test_clock): (Arc<dyn Clock>, Option<Arc<ManualClock>>) = if args.test_clock {
         let manual = Arc::new(ManualClock::new(Timestamp::now()));
@@ -64,6 +82,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     {
         // Printed, never logged: this is the only time the secret exists outside the caller.
         println!("admin key (shown once, store it now): {secret}");
+        println!("(lost it? `creditd keys create --role admin` makes another)");
     }
 
     let server_config = ServerConfig {
@@ -75,9 +94,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let app = App::new(store.clone(), clock, test_clock, server_config);
     let router = app.router();
 
-    let listener =
-        TcpListener::bind(&listen).await.map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
-    let local = listener.local_addr().map_err(|e| Failure::runtime(format!("cannot read the bound address: {e}")))?;
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, "listening");
