@@ -35,9 +35,36 @@ pub fn monthly_period_at(anchor: Timestamp, now: Timestamp, tz: &TimeZone) -> Op
     Some((n, monthly_period_start(anchor, n, tz)?, monthly_period_start(anchor, n + 1, tz)?))
 }
 
+/// `at + by`, held to the range of [`Timestamp`] (`Timestamp::MAX` or
+/// `MIN` where it would leave it): time arithmetic never panics, whatever
+/// the clock or the input says. A moment past the end of time is "never".
+pub fn later(at: Timestamp, by: SignedDuration) -> Timestamp {
+    at.checked_add(by).map(|t| t.min(end_of_time())).unwrap_or(if by.is_negative() {
+        Timestamp::MIN
+    } else {
+        end_of_time()
+    })
+}
+
+/// `at - by`, held to the range of [`Timestamp`] like [`later`].
+pub fn earlier(at: Timestamp, by: SignedDuration) -> Timestamp {
+    at.checked_sub(by).map(|t| t.min(end_of_time())).unwrap_or(if by.is_negative() {
+        end_of_time()
+    } else {
+        Timestamp::MIN
+    })
+}
+
+/// The last whole second [`Timestamp`] holds (9999-12-30T22:00:00Z), which
+/// stores also hold (in microseconds: `Timestamp::MAX` has nanoseconds
+/// that microseconds cannot carry).
+pub fn end_of_time() -> Timestamp {
+    Timestamp::from_second(Timestamp::MAX.as_second()).unwrap_or(Timestamp::MAX)
+}
+
 /// A 30-day pass: exactly 30 × 24 hours, whatever the time zone does.
 pub fn pass_end(start: Timestamp) -> Timestamp {
-    start + SignedDuration::from_hours(30 * 24)
+    later(start, SignedDuration::from_hours(30 * 24))
 }
 
 /// Start of the calendar day containing `now` in `tz`.
@@ -55,7 +82,7 @@ pub fn next_day_start(now: Timestamp, tz: &TimeZone) -> Timestamp {
         .ok()
         .and_then(|d| d.to_zoned(tz.clone()).ok())
         .map(|z| z.timestamp())
-        .unwrap_or(now + SignedDuration::from_hours(24))
+        .unwrap_or_else(|| later(now, SignedDuration::from_hours(24)))
 }
 
 /// Start of the week (Monday 00:00 in `tz`) containing `now`.
@@ -79,7 +106,7 @@ pub fn next_week_start(now: Timestamp, tz: &TimeZone) -> Timestamp {
         .ok()
         .and_then(|d| d.to_zoned(tz.clone()).ok())
         .map(|z| z.timestamp())
-        .unwrap_or(now + SignedDuration::from_hours(24 * 7))
+        .unwrap_or_else(|| later(now, SignedDuration::from_hours(24 * 7)))
 }
 
 /// Start of the calendar month containing `now` in `tz`.
@@ -97,7 +124,7 @@ pub fn next_month_start(now: Timestamp, tz: &TimeZone) -> Timestamp {
         .ok()
         .and_then(|d| d.to_zoned(tz.clone()).ok())
         .map(|z| z.timestamp())
-        .unwrap_or(now + SignedDuration::from_hours(24 * 31))
+        .unwrap_or_else(|| later(now, SignedDuration::from_hours(24 * 31)))
 }
 
 /// `at + span` in `tz` (days and months are calendar days and months there),

@@ -610,7 +610,7 @@ pub fn authorize(tx: &mut Tx<'_>, input: AuthorizeInput<'_>, prior: Prior<'_>) -
         parts,
         available_after: tx.state.available(tx.now),
         created_at: tx.now,
-        expires_at: tx.now + SignedDuration::from_secs(i64::from(input.ttl_seconds)),
+        expires_at: crate::calendar::later(tx.now, SignedDuration::from_secs(i64::from(input.ttl_seconds))),
         status: HoldStatus::Open,
         resolved_at: None,
     };

@@ -51,7 +51,7 @@ fn seconds_until(now: Timestamp, at: Timestamp) -> u64 {
 impl RequestWindows {
     /// Requests admitted in the 60 seconds up to `now`.
     pub fn used_last_minute(&self, now: Timestamp) -> u32 {
-        self.recent.iter().filter(|&&t| t > now - WINDOW).count() as u32
+        self.recent.iter().filter(|&&t| t > calendar::earlier(now, WINDOW)).count() as u32
     }
 
     pub fn used_today(&self, now: Timestamp, tz: &TimeZone) -> u32 {
@@ -65,12 +65,16 @@ impl RequestWindows {
     /// Checks 4–6 in order; the first limit reached refuses.
     pub fn check(&self, limits: &RequestLimits, now: Timestamp, tz: &TimeZone) -> Result<(), LimitHit> {
         if let Some(rate) = limits.rate_per_minute {
-            let in_window: Vec<Timestamp> = self.recent.iter().copied().filter(|&t| t > now - WINDOW).collect();
+            let in_window: Vec<Timestamp> =
+                self.recent.iter().copied().filter(|&t| t > calendar::earlier(now, WINDOW)).collect();
             if in_window.len() as u64 >= u64::from(rate) {
                 // A slot frees when the oldest admission that keeps the
                 // window full leaves it.
                 let keep_full = in_window.len() - rate as usize;
-                let frees_at = in_window.get(keep_full).map(|&t| t + WINDOW).unwrap_or(now + WINDOW);
+                let frees_at = in_window
+                    .get(keep_full)
+                    .map(|&t| calendar::later(t, WINDOW))
+                    .unwrap_or_else(|| calendar::later(now, WINDOW));
                 return Err(LimitHit::RateLimited { retry_after_seconds: seconds_until(now, frees_at) });
             }
         }
@@ -99,7 +103,9 @@ impl RequestWindows {
 
     /// Counts an admitted request.
     pub fn admit(&mut self, now: Timestamp, tz: &TimeZone) {
-        while self.recent.front().is_some_and(|&t| t <= now - WINDOW) || self.recent.len() >= MAX_TRACKED_PER_MINUTE {
+        while self.recent.front().is_some_and(|&t| t <= calendar::earlier(now, WINDOW))
+            || self.recent.len() >= MAX_TRACKED_PER_MINUTE
+        {
             self.recent.pop_front();
         }
         self.recent.push_back(now);

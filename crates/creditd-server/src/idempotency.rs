@@ -51,6 +51,45 @@ pub async fn execute(
     fingerprint: &str,
     render: impl Render,
 ) -> ApiResult<Response> {
+    execute_inner(state, command, key, fingerprint, render, None).await
+}
+
+/// Like [`execute`], for a call whose answer carries a secret in the field
+/// `secret` (`POST /v1/keys`, `POST /v1/accounts/{id}/tokens`). A secret is
+/// never stored in clear: what is kept for replays is the answer with that
+/// field `null` and `"redacted": ["<field>"]`, so a replay says that the
+/// secret was shown once, with the first answer.
+pub async fn execute_secret(
+    state: &AppState,
+    command: Command,
+    key: Option<IdempotencyKey>,
+    fingerprint: &str,
+    render: impl Render,
+    secret: &'static str,
+) -> ApiResult<Response> {
+    execute_inner(state, command, key, fingerprint, render, Some(secret)).await
+}
+
+/// The stored form of a secret-bearing answer: the secret replaced by `null`.
+fn redact(rendered: Rendered, field: &str) -> Rendered {
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(&rendered.body) else {
+        return rendered;
+    };
+    if body.contains_key(field) {
+        body.insert(field.to_string(), serde_json::Value::Null);
+        body.insert("redacted".to_string(), serde_json::json!([field]));
+    }
+    Rendered { status: rendered.status, body: serde_json::to_vec(&body).unwrap_or_default() }
+}
+
+async fn execute_inner(
+    state: &AppState,
+    command: Command,
+    key: Option<IdempotencyKey>,
+    fingerprint: &str,
+    render: impl Render,
+    secret: Option<&'static str>,
+) -> ApiResult<Response> {
     let idempotent = key.map(|key| {
         let render_stored = render.clone();
         Idempotent {
@@ -59,7 +98,10 @@ pub async fn execute(
             fingerprint: fingerprint.to_string(),
             render: Box::new(move |reply: &Reply| -> StoredResponse {
                 match render_stored(reply) {
-                    Ok(rendered) => rendered.into_stored(),
+                    Ok(rendered) => match secret {
+                        Some(field) => redact(rendered, field).into_stored(),
+                        None => rendered.into_stored(),
+                    },
                     Err(error) => {
                         let response = error.clone();
                         let body = serde_json::to_vec(&crate::dto::ErrorBody::new(

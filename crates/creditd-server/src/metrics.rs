@@ -1,7 +1,8 @@
 //! Prometheus metrics: request counts and latencies by matched route and
 //! status, metering outcomes by call and result. The store adds
 //! `creditd_writer_batch_size`. No label ever carries an account id: routes
-//! are labelled by their pattern (`/v1/accounts/{id}/balance`).
+//! are labelled by their pattern (`/v1/accounts/{id}/balance`), unknown routes
+//! and methods `other`: no label takes request data.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -56,18 +57,37 @@ pub fn metering(call: &'static str, result: &'static str) {
     metrics::counter!(METERING, "call" => call, "result" => result).increment(1);
 }
 
+/// The label of what is not one of a closed set (methods, routes).
+pub const OTHER: &str = "other";
+
+/// A method as a label: the standard ones by name, anything else `other`.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => OTHER,
+    }
+}
+
 /// Middleware: counts and times every request by route pattern and status.
 pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    // Labels come from a closed set, never from what the caller sent: the
+    // route's pattern (or `other` when none matched) and a standard method
+    // (or `other`), so no request can add a series.
+    let route: &'static str =
+        request.extensions().get::<MatchedPath>().and_then(|p| crate::routes::pattern(p.as_str())).unwrap_or(OTHER);
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let labels = [("method", method.to_string()), ("route", route.to_string()), ("status", status)];
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response

@@ -232,15 +232,6 @@ fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(value, |v, key| v.get(key))?.as_str().filter(|s| !s.is_empty())
 }
 
-/// An id the provider gives as a string or as a number.
-fn id_at(value: &Value, path: &[&str]) -> Option<String> {
-    match path.iter().try_fold(value, |v, key| v.get(key))? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// An object's id: the string itself, or its `id` when it is expanded.
 fn ref_id(value: &Value, key: &str) -> Option<String> {
     match value.get(key)? {
@@ -433,9 +424,15 @@ pub fn nowpayments_event(body: &[u8], value: Option<Value>) -> WebhookEventIn {
         event.action = record(WebhookStatus::Rejected, "the body is not a JSON object");
         return event;
     };
-    let payment_id = id_at(&value, &["payment_id"]);
     let status = str_at(&value, &["payment_status"]).map(str::to_string);
     event.event_type = status.clone();
+    let payment_id = match nowpayments_payment_id(value.get("payment_id")) {
+        Ok(id) => id,
+        Err(reason) => {
+            event.action = record(WebhookStatus::Rejected, reason);
+            return event;
+        }
+    };
     let (Some(payment_id), Some(status)) = (payment_id, status) else {
         event.action = record(
             WebhookStatus::Rejected,
@@ -454,6 +451,31 @@ pub fn nowpayments_event(body: &[u8], value: Option<Value>) -> WebhookEventIn {
         nowpayments_finished(&value, account, payment_id)
     };
     event
+}
+
+/// The payment id of an IPN in one form whatever way the body writes it: a
+/// positive integer (`6000000001`, or the string `"6000000001"`), as its
+/// decimal digits without leading zeros. Any other number form
+/// (`6000000001.0`, `6.000000001e9`) is refused: the signature check
+/// re-serialises numbers as JavaScript does, so such a form verifies with
+/// the signature of the integer, and would otherwise name a second payment.
+fn nowpayments_payment_id(value: Option<&Value>) -> Result<Option<String>, String> {
+    let refuse = |shown: String| Err(format!("payment_id {shown} is not a positive integer"));
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(id) if id > 0 => Ok(Some(id.to_string())),
+            _ => refuse(n.to_string()),
+        },
+        Some(Value::String(s)) => {
+            let digits = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+            match s.parse::<u64>() {
+                Ok(id) if digits && id > 0 => Ok(Some(id.to_string())),
+                _ => refuse(format!("{s:?}")),
+            }
+        }
+        Some(other) => refuse(other.to_string()),
+    }
 }
 
 fn nowpayments_finished(value: &Value, account: Option<&str>, payment_id: String) -> WebhookAction {

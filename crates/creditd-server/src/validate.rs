@@ -150,10 +150,15 @@ pub fn opt_count(field: &str, value: Option<u64>) -> ApiResult<Option<u64>> {
     value.map(|v| count(field, Some(v))).transpose()
 }
 
-/// An RFC 3339 timestamp.
+/// An RFC 3339 timestamp: a four-digit year (0000–9999; `-009999-…` and
+/// `+010000-…` are not RFC 3339), a `T`, an offset.
 pub fn timestamp(field: &str, text: &str) -> ApiResult<Timestamp> {
-    text.parse::<Timestamp>()
-        .map_err(|_| ApiError::invalid_field(field, "must be an RFC 3339 timestamp such as 2026-03-01T00:00:00Z"))
+    let bad = || ApiError::invalid_field(field, "must be an RFC 3339 timestamp such as 2026-03-01T00:00:00Z");
+    let b = text.as_bytes();
+    if b.len() < 20 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+        return Err(bad());
+    }
+    text.parse::<Timestamp>().map_err(|_| bad())
 }
 
 pub fn opt_timestamp(field: &str, text: Option<&str>) -> ApiResult<Option<Timestamp>> {
@@ -206,6 +211,19 @@ mod tests {
         }
         for bad in ["", "u 42", "u/42", "ü", &"x".repeat(129), "a:b"] {
             assert!(account_id("id", bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 18.6: years outside RFC 3339 (`-009999-…`) were accepted.
+    #[test]
+    fn years_outside_rfc_3339_are_accepted() {
+        assert!(timestamp("t", "2026-03-01T00:00:00Z").is_ok());
+        assert!(timestamp("t", "2026-03-01T00:00:00.123456+02:00").is_ok());
+        assert!(timestamp("t", "0000-01-01T00:00:00Z").is_ok());
+        for bad in
+            ["-009999-01-02T02:00:00Z", "+010000-01-01T00:00:00Z", "+002026-03-01T00:00:00Z", "26-03-01T00:00:00Z"]
+        {
+            assert!(timestamp("t", bad).is_err(), "{bad}");
         }
     }
 

@@ -15,7 +15,7 @@ use crate::auth::{Access, Caller, new_account_token};
 use crate::dto::{AccountIn, AccountOut, BalanceOut, List, ReasonIn, TokenIn, TokenOut};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, MaybeIdempotencyKey, PathParams, QueryParams};
-use crate::idempotency::{execute, unexpected};
+use crate::idempotency::{execute, execute_secret, unexpected};
 use crate::respond::{Rendered, ok};
 use crate::state::AppState;
 use crate::validate;
@@ -132,7 +132,7 @@ pub async fn token(
         ),
         other => Err(unexpected(other)),
     };
-    execute(&state, Command::CreateAccountToken { token }, idem, &parsed.fingerprint, render).await
+    execute_secret(&state, Command::CreateAccountToken { token }, idem, &parsed.fingerprint, render, "token").await
 }
 
 /// `GET /v1/accounts/{id}/balance`: the account as of the engine's clock.

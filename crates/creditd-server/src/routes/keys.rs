@@ -9,12 +9,13 @@ use crate::auth::{Access, Caller, new_key};
 use crate::dto::{KeyIn, KeyOut, List};
 use crate::error::ApiResult;
 use crate::extract::{Body, MaybeIdempotencyKey, PathParams};
-use crate::idempotency::{execute, unexpected};
+use crate::idempotency::{execute_secret, unexpected};
 use crate::respond::{Rendered, ok};
 use crate::state::AppState;
 use crate::validate;
 
-/// `POST /v1/keys` → `201 {"id", "role", "name", "secret"}`; the secret is shown once.
+/// `POST /v1/keys` → `201 {"id", "role", "name", "secret"}`; the secret is shown once
+/// (an `Idempotency-Key` replay answers `"secret": null, "redacted": ["secret"]`).
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -29,7 +30,7 @@ pub async fn create(
         Reply::Key(k) => Rendered::json(StatusCode::CREATED, &KeyOut::new(k, Some(secret.clone()))),
         other => Err(unexpected(other)),
     };
-    execute(&state, Command::CreateKey { key }, idem, &parsed.fingerprint, render).await
+    execute_secret(&state, Command::CreateKey { key }, idem, &parsed.fingerprint, render, "secret").await
 }
 
 /// `GET /v1/keys`: every key, without secrets.

@@ -19,6 +19,7 @@ use axum::http::{Method, Uri};
 use axum::middleware;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use creditd_store::AccountRow;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{ApiError, ApiResult};
@@ -87,6 +88,12 @@ pub fn table() -> Vec<RouteDef> {
     ]
 }
 
+/// The `'static` pattern of a served route (`None` for anything else).
+pub fn pattern(path: &str) -> Option<&'static str> {
+    static PATTERNS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    PATTERNS.get_or_init(|| table().into_iter().map(|r| r.path).collect()).iter().copied().find(|p| *p == path)
+}
+
 /// The whole API over `state`.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
@@ -96,9 +103,23 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The last net: a handler that panics answers `500 internal` with the
+/// error body instead of dropping the connection. No input or clock should
+/// get here (a bug); the panic is logged, its message never sent.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "a request handler panicked");
+    axum::response::IntoResponse::into_response(ApiError::internal("the server failed to answer this request"))
 }
 
 /// Unknown routes (and known paths with another method): `404 not_found`.
@@ -110,4 +131,30 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 async fn load_account(state: &AppState, id: &str) -> ApiResult<AccountRow> {
     validate::account_id("account id", id)?;
     state.store.account(id).await?.ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Issue 18.5: a panicking handler dropped the connection with no answer.
+    #[tokio::test]
+    async fn panics_lose_the_answer() {
+        async fn boom() -> &'static str {
+            panic!("secret detail of a bug")
+        }
+        let router: Router = Router::new().route("/boom", get(boom)).layer(CatchPanicLayer::custom(panicked));
+        let response = router.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: serde_json::Value =
+            serde_json::from_slice(&to_bytes(response.into_body(), 1 << 16).await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(body["error"]["details"].is_object());
+        assert!(!body.to_string().contains("secret detail"), "{body}");
+    }
 }

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::{Access, Caller};
 use crate::dto::{ClockIn, ClockOut, Health};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
@@ -43,8 +44,14 @@ pub async fn get_clock(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 /// `{"now": "…"}` or `{"advance_seconds": N}`; time never moves backwards.
-pub async fn set_clock(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
+/// Admin only, even with `--test-clock`: moving time expires holds and grants.
+pub async fn set_clock(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    body: Body,
+) -> ApiResult<Response> {
     let clock = test_clock(&state)?;
+    caller?.require(Access::Admin)?;
     let input = body.parse::<ClockIn>()?.value;
     let backwards = || ApiError::invalid("the clock never moves backwards");
     let now = match (input.now, input.advance_seconds) {

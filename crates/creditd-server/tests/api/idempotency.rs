@@ -17,6 +17,56 @@ async fn check(api: &Api, path: &str, key: &str, body: Value, other: Value, stat
     first.body.clone()
 }
 
+/// Like [`check`] for a call that answers a secret (`field`): the replay is
+/// the first answer with the secret `null` and `"redacted": [field]`.
+async fn check_secret(api: &Api, path: &str, key: &str, body: Value, other: Value, field: &str) -> Value {
+    let first = api.post_idem(path, key, body.clone()).await;
+    let shown = first.expect(201)[field].as_str().expect("the secret, once").to_string();
+    let replay = api.post_idem(path, key, body).await;
+    let mut expected = first.body.clone();
+    expected[field] = Value::Null;
+    expected["redacted"] = json!([field]);
+    assert_eq!(replay.expect(201), &expected, "{path}");
+    assert!(!replay.raw.windows(shown.len()).any(|w| w == shown.as_bytes()), "{path}: the replay shows the secret");
+    api.post_idem(path, key, other).await.expect_error(409, "idempotency_conflict");
+    first.body.clone()
+}
+
+/// Issue 18.2: `POST /v1/keys` and `POST /v1/accounts/{id}/tokens` with an
+/// `Idempotency-Key` stored the whole answer, secret included, so the
+/// database file held a working admin secret in clear. A replay is the
+/// stored answer byte for byte, so a replay without the secret shows that
+/// none was stored; on SQLite the database files are searched too.
+#[tokio::test]
+async fn secrets_stored_in_plaintext_in_the_idempotency_store() {
+    let api = Api::new().await;
+    api.account("u_1").await;
+    let key = api.post_idem("/v1/keys", "k-admin", json!({"role": "admin", "name": "ops"})).await;
+    let secret = key.expect(201)["secret"].as_str().unwrap().to_string();
+    let token = api.post_idem("/v1/accounts/u_1/tokens", "t-1", json!({"ttl_seconds": 600})).await;
+    let token = token.expect(201)["token"].as_str().unwrap().to_string();
+    for (path, key, body, field) in [
+        ("/v1/keys", "k-admin", json!({"role": "admin", "name": "ops"}), "secret"),
+        ("/v1/accounts/u_1/tokens", "t-1", json!({"ttl_seconds": 600}), "token"),
+    ] {
+        let replay = api.post_idem(path, key, body).await;
+        let replay = replay.expect(201);
+        assert_eq!(replay[field], Value::Null, "{path}");
+        assert_eq!(replay["redacted"], json!([field]), "{path}");
+    }
+    // The secrets still work: only their hashes are kept.
+    api.call("GET", "/v1/keys", Some(&secret), None).await.expect(200);
+    api.call("GET", "/v1/accounts/u_1", Some(&token), None).await.expect(200);
+    if let Some(dir) = api.sqlite_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            for shown in [&secret, &token] {
+                assert!(!bytes.windows(shown.len()).any(|w| w == shown.as_bytes()), "a secret in the database files");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_admin_post_replays_and_detects_conflicts() {
     let api = Api::new().await;
@@ -77,19 +127,25 @@ async fn every_admin_post_replays_and_detects_conflicts() {
     check(&api, "/v1/accounts/u_1/suspend", "sus-1", json!({}), json!({"reason": "x"}), 200).await;
     check(&api, "/v1/accounts/u_1/resume", "res-1", json!({}), json!({"reason": "x"}), 200).await;
 
-    let token =
-        check(&api, "/v1/accounts/u_1/tokens", "tok-1", json!({"ttl_seconds": 60}), json!({"ttl_seconds": 61}), 201)
-            .await;
+    let token = check_secret(
+        &api,
+        "/v1/accounts/u_1/tokens",
+        "tok-1",
+        json!({"ttl_seconds": 60}),
+        json!({"ttl_seconds": 61}),
+        "token",
+    )
+    .await;
     let token = token["token"].as_str().unwrap();
     api.call("GET", "/v1/accounts/u_1", Some(token), None).await.expect(200);
 
-    let key = check(
+    let key = check_secret(
         &api,
         "/v1/keys",
         "key-1",
         json!({"role": "gateway", "name": "a"}),
         json!({"role": "gateway", "name": "b"}),
-        201,
+        "secret",
     )
     .await;
     let gateway = key["secret"].as_str().unwrap();

@@ -75,9 +75,9 @@ async fn the_test_clock_moves_forward_only() {
     let api = Api::new().await;
     let now = api.call("GET", "/v1/test/clock", None, None).await;
     assert_eq!(now.expect(200), &json!({"now": "2026-03-01T00:00:00Z"}));
-    let advanced = api.call("POST", "/v1/test/clock", None, Some(json!({"advance_seconds": 90}))).await;
+    let advanced = api.post("/v1/test/clock", json!({"advance_seconds": 90})).await;
     assert_eq!(advanced.expect(200), &json!({"now": "2026-03-01T00:01:30Z"}));
-    let set = api.call("POST", "/v1/test/clock", None, Some(json!({"now": "2026-04-01T12:00:00Z"}))).await;
+    let set = api.post("/v1/test/clock", json!({"now": "2026-04-01T12:00:00Z"})).await;
     assert_eq!(set.expect(200), &json!({"now": "2026-04-01T12:00:00Z"}));
     for bad in [
         json!({"now": "2026-03-01T00:00:00Z"}),
@@ -87,7 +87,7 @@ async fn the_test_clock_moves_forward_only() {
         json!({"now": "tomorrow"}),
         json!({"advance_seconds": "10"}),
     ] {
-        api.call("POST", "/v1/test/clock", None, Some(bad)).await.expect_error(400, "invalid_request");
+        api.post("/v1/test/clock", bad).await.expect_error(400, "invalid_request");
     }
     assert_eq!(api.call("GET", "/v1/test/clock", None, None).await.body["now"], "2026-04-01T12:00:00Z");
 }
@@ -98,9 +98,53 @@ async fn the_test_clock_drives_expiry() {
     api.account("u_1").await;
     api.post("/v1/accounts/u_1/grants", json!({"amount": "5", "expires_after": "PT1H"})).await.expect(201);
     assert_eq!(api.available("u_1").await, "5");
-    api.call("POST", "/v1/test/clock", None, Some(json!({"advance_seconds": 3600}))).await.expect(200);
+    api.post("/v1/test/clock", json!({"advance_seconds": 3600})).await.expect(200);
     assert_eq!(api.available("u_1").await, "0");
     assert_eq!(api.balance("u_1").await["grants"], json!([]));
+}
+
+/// Issue 18.5: with `--test-clock`, anyone could move time (expiring every
+/// hold and grant). Moving it now takes an admin key; reading it does not.
+#[tokio::test]
+async fn the_test_clock_needs_admin_auth_even_when_enabled() {
+    let api = Api::new().await;
+    let gateway = api.key("gateway").await;
+    let body = json!({"advance_seconds": 3600});
+    api.call("POST", "/v1/test/clock", None, Some(body.clone())).await.expect_error(401, "unauthorized");
+    api.call("POST", "/v1/test/clock", Some("ck_nope"), Some(body.clone())).await.expect_error(401, "unauthorized");
+    api.call("POST", "/v1/test/clock", Some(&gateway), Some(body.clone())).await.expect_error(403, "forbidden");
+    assert_eq!(api.call("GET", "/v1/test/clock", None, None).await.expect(200)["now"], "2026-03-01T00:00:00Z");
+    api.post("/v1/test/clock", body).await.expect(200);
+}
+
+/// Issue 18.4: the HTTP method was a label as sent, so 1,000 requests with
+/// 4,000-character methods grew `/metrics` to 78 MB. Unknown methods and
+/// routes are labelled `other`; no label takes request data.
+#[tokio::test]
+async fn unbounded_metric_labels_from_request_methods_and_paths() {
+    let api = Api::new().await;
+    let long_method = "X".repeat(4000);
+    for i in 0..20 {
+        let method = format!("{long_method}{i}");
+        api.call(&method, "/healthz", None, None).await;
+        api.call(&method, &format!("/unknown/path-{i}"), None, None).await;
+        api.call("GET", &format!("/v1/accounts/u_{i}/nothing-{i}"), Some(&api.admin.clone()), None).await;
+    }
+    let text = String::from_utf8(api.call("GET", "/metrics", None, None).await.raw.to_vec()).unwrap();
+    assert!(!text.contains("XXXX"), "a method sent became a label");
+    assert!(!text.contains("unknown/path") && !text.contains("nothing-"), "a path sent became a label");
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(text.contains(r#"route="other""#), "{text}");
+    for line in text.lines().filter(|l| l.starts_with("creditd_http_requests_total{")) {
+        let labels = &line[line.find('{').unwrap()..line.rfind('}').unwrap()];
+        for value in labels.split('"').skip(1).step_by(2) {
+            let known = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "other"]
+                .contains(&value)
+                || creditd_server::App::routes().iter().any(|(_, p)| *p == value)
+                || value.parse::<u16>().is_ok();
+            assert!(known, "label value {value:?} is not from a closed set: {line}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -162,4 +206,71 @@ async fn openapi_describes_every_route() {
             r.status.as_u16() == 404 && r.body["error"]["message"].as_str().unwrap_or("").starts_with("no route");
         assert!(!unknown, "{method} {path} is not routed");
     }
+}
+
+/// Issue 18.5: a clock near the end of time (jiff's `Timestamp::MAX` is in
+/// 9999-12-30) made time arithmetic overflow: the writer panicked on
+/// `POST /v1/accounts` (500) and reads dropped the connection with no
+/// answer. Every call now answers, and none with a 5xx.
+#[tokio::test]
+async fn timestamp_overflow_near_year_9999_panics_nothing() {
+    let api = Api::build_at("9999-12-30T21:58:00Z", true, config()).await;
+    api.sonnet().await;
+    api.put(
+        "/v1/plans/pro",
+        json!({"name": "Pro", "price_usd": "50", "monthly_credits": "5000", "rate_per_minute": 60,
+               "daily_requests": 500, "weekly_requests": 1500, "model_access": "all"}),
+    )
+    .await
+    .expect(200);
+    let mut answered = 0;
+    let mut check = |r: &crate::support::Resp, what: &str| {
+        assert!(r.status.as_u16() < 500, "{what}: {r:?}");
+        answered += 1;
+    };
+    let r = api.post("/v1/accounts", json!({"id": "u_end"})).await;
+    check(&r, "create account");
+    r.expect(201);
+    for body in [
+        json!({"amount": "10"}),
+        json!({"amount": "10", "expires_after": "P7D"}),
+        json!({"amount": "10", "expires_after": "PT30M"}),
+        json!({"amount": "10", "expires_at": "9999-12-30T21:59:00Z"}),
+    ] {
+        check(&api.post("/v1/accounts/u_end/grants", body.clone()).await, &body.to_string());
+    }
+    let topup = json!({"amount_usd": "100", "provider": "manual"});
+    check(&api.post("/v1/accounts/u_end/wallet/topups", topup).await, "topup");
+    check(&api.post("/v1/accounts/u_end/tokens", json!({"ttl_seconds": 31_536_000})).await, "token");
+    check(&api.authorize("u_end", "r1", 10, 10).await, "authorize");
+    check(&api.settle("u_end", "r1", 10, 10).await, "settle");
+    let usage = json!({"account_id": "u_end", "request_id": "r2", "model": SONNET, "status": "success",
+                       "usage": {"input_tokens": 5}, "enforce": false});
+    check(&api.post("/v1/usage", usage).await, "usage");
+    check(&api.post("/v1/accounts/u_end/subscription", json!({"plan": "pro", "kind": "monthly"})).await, "monthly");
+    check(&api.post("/v1/accounts/u_end/subscription/renew", json!({})).await, "renew");
+    for seconds in [60, 3600, 86_400] {
+        check(&api.post("/v1/test/clock", json!({"advance_seconds": seconds})).await, "advance");
+        for path in [
+            "/v1/accounts/u_end",
+            "/v1/accounts/u_end/balance",
+            "/v1/accounts/u_end/grants?include_spent=true",
+            "/v1/accounts/u_end/ledger",
+            "/v1/accounts/u_end/usage",
+            "/v1/accounts/u_end/usage/summary",
+            "/v1/accounts/u_end/usage/export",
+            "/v1/accounts/u_end/subscription",
+            "/v1/accounts",
+        ] {
+            check(&api.get(path).await, path);
+        }
+        check(&api.authorize("u_end", &format!("r{seconds}"), 10, 10).await, "authorize later");
+        check(&api.post("/v1/accounts", json!({"id": format!("u_{seconds}")})).await, "create later");
+    }
+    let now = api.call("GET", "/v1/test/clock", None, None).await;
+    check(&now, "clock");
+    assert!(now.body["now"].as_str().unwrap().starts_with("9999-12-30T2"), "{now:?}");
+    assert!(answered > 40);
+    let report = api.store.audit().await.unwrap();
+    assert!(report.breaches.is_empty(), "{:?}", report.breaches);
 }

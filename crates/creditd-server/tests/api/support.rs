@@ -36,7 +36,7 @@ pub struct Api {
 /// What a test's store lives in, kept alive as long as the store: its
 /// SQLite temp dir, or its PostgreSQL database (dropped with it).
 pub enum StoreHome {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Sqlite(tempfile::TempDir),
     Postgres(#[allow(dead_code)] PgDatabase),
 }
 
@@ -125,6 +125,14 @@ impl Api {
         let admin = creditd_server::ensure_admin_key(store.as_ref(), None).await.unwrap().expect("a new admin key");
         let app = App::new(store.clone(), clock.clone(), test_clock.then(|| clock.clone()), config);
         Api { router: app.router(), clock, store, admin, _home: home }
+    }
+
+    /// The directory of the SQLite database files (None on PostgreSQL).
+    pub fn sqlite_dir(&self) -> Option<&std::path::Path> {
+        match &self._home {
+            StoreHome::Sqlite(dir) => Some(dir.path()),
+            StoreHome::Postgres(_) => None,
+        }
     }
 
     pub async fn send(&self, request: Request<Body>) -> Resp {

@@ -712,3 +712,61 @@ async fn api_top_ups_and_purchases_are_recorded_payments() {
     );
     audit_is_clean(&api).await;
 }
+
+/// Issue 18.1: a NOWPayments IPN whose `payment_id` is written `6000000001.0`
+/// verified with the integer form's signature (numbers are re-serialised as
+/// JavaScript writes them) and was applied a second time as another payment.
+/// Every re-serialisation of a signed body (number forms, key order,
+/// whitespace, unicode escapes, the id as a string) is now either refused
+/// or the same payment: the wallet is topped up once.
+#[tokio::test]
+async fn nowpayments_replay_with_a_changed_payment_id_form_applies_once() {
+    let api = api().await;
+    let body = ipn(6_000_000_001, "finished", "u_1", "20");
+    let signature = nowpayments_signature(&body);
+    assert_eq!(post_nowpayments(&api, &body, Some(&signature)).await.expect(200)["status"], "applied");
+    assert_eq!(wallet(&api, "u_1").await.0, "2000");
+
+    let compact: Value = serde_json::from_str(&body).unwrap();
+    let compact = serde_json::to_string(&compact).unwrap();
+    let variants = [
+        // Number forms of the id, each verifying with the integer's signature.
+        body.replace("6000000001,", "6000000001.0,"),
+        body.replace("6000000001,", "6000000001.000,"),
+        body.replace("6000000001,", "6.000000001e9,"),
+        body.replace("6000000001,", "6000000001e0,"),
+        body.replace("6000000001,", "60000000010e-1,"),
+        // The amount written another way.
+        body.replace("\"price_amount\": 20,", "\"price_amount\": 20.0,"),
+        // Key order, whitespace, unicode escapes.
+        compact.clone(),
+        format!("  {}\n", body.replace(", ", " ,\t")),
+        body.replace("\"finished\"", "\"fin\\u0069shed\""),
+        body.replace("\"payment_status\"", "\"payment_\\u0073tatus\""),
+        // A duplicated key: the last one counts, as in the signed form.
+        body.replacen("{", "{\"payment_id\": 7000000001, ", 1),
+    ];
+    for variant in &variants {
+        let r = post_nowpayments(&api, variant, Some(&signature)).await;
+        let status = r.status.as_u16();
+        let outcome = r.body["status"].as_str().unwrap_or(r.code()).to_string();
+        assert!((status == 200 && outcome == "duplicate") || status == 400 || status == 401, "{variant}: {r:?}");
+        assert_eq!(wallet(&api, "u_1").await.0, "2000", "{variant}: applied twice");
+    }
+    // The id as a string is the same payment (signed afresh: the text differs).
+    let as_string = body.replace("6000000001,", "\"6000000001\",");
+    assert_eq!(nowpayments(&api, &as_string).await.expect(200)["status"], "duplicate");
+    let leading_zero = body.replace("6000000001,", "\"06000000001\",");
+    assert_eq!(nowpayments(&api, &leading_zero).await.expect(200)["status"], "duplicate");
+    // Ids that are not positive integers are refused, whoever signed them.
+    for bad in ["6000000001.5", "-6000000001", "0", "\"6000000001.0\"", "\"abc\"", "true", "[1]"] {
+        let variant = body.replace("6000000001,", &format!("{bad},"));
+        nowpayments(&api, &variant).await.expect_error(400, "invalid_request");
+    }
+    assert_eq!(wallet(&api, "u_1").await.0, "2000");
+    let applied = events(&api, "?provider=nowpayments&status=applied").await;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["event_id"], "6000000001:finished");
+    assert_eq!(ledger(&api, "u_1").await.len(), 1);
+    audit_is_clean(&api).await;
+}
