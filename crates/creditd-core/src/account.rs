@@ -186,6 +186,10 @@ pub struct Hold {
     /// What is reserved on each source, in burn order. An open hold's parts
     /// always equal what it holds on each grant and the wallet.
     pub parts: Vec<Portion>,
+    /// The parts as the authorize placed them: the first answer's
+    /// `held_from`, which a replay returns unchanged even after a grant it
+    /// held on expired (and `parts` lost that share).
+    pub held_from: Vec<Portion>,
     /// Available credits right after the hold was placed (the authorize answer).
     pub available_after: Credits,
     pub created_at: Timestamp,

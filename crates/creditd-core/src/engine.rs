@@ -13,6 +13,7 @@ mod payments;
 mod refund;
 mod subscriptions;
 
+pub use advance::period_pool_ids;
 pub use checks::{Admission, admit, budget, effective_plan};
 pub use payments::{
     Paid, PaymentRefund, RefundShare, RefundedPayment, paid_period_pools, refund_credits, refund_payment,
@@ -20,6 +21,7 @@ pub use payments::{
 pub use refund::refund_usage;
 pub use subscriptions::{
     StartInput, SubscriptionChange, SwitchProration, cancel_subscription, renew_subscription, start_subscription,
+    unpay_renewal,
 };
 
 use jiff::{SignedDuration, Timestamp};
@@ -607,6 +609,7 @@ pub fn authorize(tx: &mut Tx<'_>, input: AuthorizeInput<'_>, prior: Prior<'_>) -
         conversation: input.conversation,
         estimate: estimate.credits,
         estimate_cost_usd: estimate.cost_usd,
+        held_from: parts.clone(),
         parts,
         available_after: tx.state.available(tx.now),
         created_at: tx.now,

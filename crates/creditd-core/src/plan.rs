@@ -147,8 +147,15 @@ impl Plan {
 
     /// `cost_budget_multiplier × price_usd`, or `None` for no budget.
     pub fn budget(&self) -> Option<Usd> {
+        self.budget_at(self.price_usd)
+    }
+
+    /// The budget of a period bought at `price` (`cost_budget_multiplier ×
+    /// price`); `None`: no budget. Both are bounded (10^6 USD, 1000×), so it
+    /// fits.
+    pub fn budget_at(&self, price: Usd) -> Option<Usd> {
         let m = self.cost_budget_multiplier?;
-        let exact = self.price_usd.units() as i128 * m.units() as i128;
+        let exact = price.units() as i128 * m.units() as i128;
         Some(Usd::from_units(div_round_half_up(exact, Factor::ONE as i128) as i64))
     }
 }

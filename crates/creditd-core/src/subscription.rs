@@ -113,6 +113,14 @@ pub struct Subscription {
     /// The period's pools as granted: the base of proration.
     pub main_amount: Credits,
     pub backup_amount: Credits,
+    /// The price the current period was bought at, and its plan budget
+    /// (`None`: no budget). A row stored before creditd remembered them has
+    /// no price: the plan's current price and budget apply to it.
+    pub price_usd: Option<Usd>,
+    pub budget_usd: Option<Usd>,
+    /// The price paid for the period paid in advance (`paid_through >
+    /// period`), at the time it was paid.
+    pub renewal_price_usd: Option<Usd>,
     /// Set while past due: when it expires unless renewed.
     pub grace_ends_at: Option<Timestamp>,
     pub external_id: Option<String>,
@@ -134,6 +142,12 @@ impl Subscription {
 
     pub fn is_active(&self) -> bool {
         self.status == SubscriptionStatus::Active
+    }
+
+    /// What the current period was bought at: the remembered price, or for
+    /// an old row the plan's current one.
+    pub fn price_paid(&self, plan_price: Option<Usd>) -> Usd {
+        self.price_usd.or(plan_price).unwrap_or(Usd::ZERO)
     }
 }
 

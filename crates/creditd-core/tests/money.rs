@@ -162,3 +162,108 @@ fn in_bounds_usage_whose_i128_intermediate_overflows_still_prices() {
     let p = pricing::price(&model, &usage, "chat", RequestStatus::Success, &PricingPolicy::default()).unwrap();
     assert_eq!(p.credits, Credits::from_units(2));
 }
+
+fn paid_plans() -> Vec<Plan> {
+    let all = ModelAccess::All;
+    let none = limits(None, None, None);
+    vec![
+        plan("starter", "10", 1000, none, all.clone()),
+        plan("pro", "50", 5000, none, all.clone()),
+        plan("ultra", "200", 20000, none, all),
+    ]
+}
+
+/// Item 1: a period paid in advance and not started is credited in full at
+/// a switch, beside the current period's proration.
+#[test]
+fn renewal_paid_in_advance_is_lost_on_plan_switch() {
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), paid_plans());
+    a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    a.at("2027-03-30T00:00:00Z").renew().unwrap();
+    a.at("2027-03-31T00:00:00Z");
+    let p = a.subscribe("pro", SubscriptionKind::Monthly).unwrap().proration.unwrap();
+    assert_eq!((p.credit_usd, p.credited), (usd("0.32"), cr(32)));
+    assert_eq!((p.prepaid_usd, p.prepaid_credited), (usd("10"), cr(1000)));
+    assert_eq!(a.state.wallet.balance, cr(1032));
+    // Under carry_over the paid period is money all the same.
+    let billing = Billing { on_switch: OnSwitch::CarryOver, ..Billing::default() };
+    let mut a = Acct::new("2027-03-01T00:00:00Z", billing, paid_plans());
+    a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    a.renew().unwrap();
+    let p = a.subscribe("pro", SubscriptionKind::Monthly).unwrap().proration.unwrap();
+    assert_eq!((p.credited, p.prepaid_credited), (Credits::ZERO, cr(1000)));
+    assert_eq!(a.state.wallet.balance, cr(1000));
+}
+
+/// Item 4: the subscription remembers the price (and budget) it was bought
+/// at; an operator's later price change does not reach it.
+#[test]
+fn proration_uses_the_plans_current_price() {
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), paid_plans());
+    a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    let mut plans = paid_plans();
+    plans[0].price_usd = usd("100");
+    a.plans = PlanBook::new(plans);
+    let (budget, _) = engine::budget(&a.view(), &a.plans, None).unwrap();
+    assert_eq!(budget, usd("100"), "10 × the 10 USD paid");
+    a.later(3600);
+    let p = a.subscribe("ultra", SubscriptionKind::Monthly).unwrap().proration.unwrap();
+    assert_eq!(p.credit_usd, usd("9"));
+    // A renewal is bought at the price of its payment: 100 from then on.
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), paid_plans());
+    a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    let mut plans = paid_plans();
+    plans[0].price_usd = usd("100");
+    a.plans = PlanBook::new(plans);
+    a.renew().unwrap();
+    a.at("2027-04-01T00:00:00Z").sync();
+    let sub = a.state.subscription.clone().unwrap();
+    assert_eq!((sub.period, sub.price_usd, sub.budget_usd), (1, Some(usd("100")), Some(usd("1000"))));
+}
+
+/// Item 5: a payment for the plan the account cancelled resumes it.
+#[test]
+fn cancel_then_pay_again_for_the_same_plan_drops_the_payment() {
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), paid_plans());
+    a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    a.cancel().unwrap();
+    let sub = a.renew().unwrap();
+    assert!(!sub.cancel_at_period_end && sub.renewed());
+    // Cancelled after the next period is paid: that period still runs (a
+    // second payment for it is refused, nothing changes).
+    a.cancel().unwrap();
+    assert!(matches!(a.subscribe("starter", SubscriptionKind::Monthly), Err(Refusal::Conflict(_))));
+    assert!(a.state.subscription.as_ref().unwrap().cancel_at_period_end);
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), paid_plans());
+    a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    a.cancel().unwrap();
+    let change = a.subscribe("starter", SubscriptionKind::Monthly).unwrap();
+    assert!(!change.subscription.cancel_at_period_end && change.subscription.renewed());
+    a.at("2027-04-01T00:00:00Z").sync();
+    let sub = a.state.subscription.clone().unwrap();
+    assert_eq!((sub.status, sub.period), (SubscriptionStatus::Active, 1));
+}
+
+/// Item 11: the first answer's `held_from` survives the expiry of a grant
+/// the hold reserved on.
+#[test]
+fn authorize_replay_returns_a_different_body_after_the_held_grant_expired() {
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), vec![]);
+    let short = NewGrant {
+        kind: GrantKind::Promo,
+        source: "t".into(),
+        reason: None,
+        amount: cr(100),
+        priority: None,
+        starts_at: None,
+        expires_at: Some(ts("2027-03-01T00:01:00Z")),
+        reference: Reference::None,
+    };
+    a.op(|tx| engine::grant(tx, short)).unwrap();
+    let first = a.authorize(10).unwrap().hold;
+    a.later(120).sync();
+    let stored = a.holds[&first.request_id].clone();
+    assert!(stored.parts.iter().all(|p| p.amount.is_zero()), "the expired grant took its share");
+    assert_eq!(stored.held_from, first.held_from);
+    assert_eq!(first.held_from.iter().map(|p| p.amount).sum::<Credits>(), cr(10));
+}

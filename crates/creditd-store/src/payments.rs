@@ -56,6 +56,10 @@ pub struct Payment {
     pub subscription_id: Option<String>,
     /// Credits reversed by refunds so far.
     pub refunded_credits: Credits,
+    /// Credits the payment later put in the wallet: the proration credit of
+    /// its period (or the full credit of its period paid in advance) when its
+    /// subscription was switched away. A refund reverses these too, first.
+    pub prorated_credits: Credits,
     pub created_at: Timestamp,
 }
 

@@ -124,3 +124,11 @@ async fn two_instances_never_overspend_one_account() {
     let report = b.audit().await.expect("audit");
     assert_eq!((report.breaches.len(), report.usage_records), (0, 142));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_on_postgres() {
+    let db = PgDatabase::create();
+    let clock = Arc::new(ManualClock::new(story::money::START.parse().expect("time")));
+    let store = Arc::new(connect(&db, story::money::config(), &clock));
+    story::money::money(store, clock).await;
+}

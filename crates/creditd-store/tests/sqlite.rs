@@ -351,3 +351,12 @@ impl WithModel for Command {
         self
     }
 }
+
+#[tokio::test]
+async fn money_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(story::money::START.parse().expect("time")));
+    let store =
+        SqliteStore::open(&db(&dir), story::money::config(), WriterLimits::default(), clock.clone()).expect("open");
+    story::money::money(Arc::new(store), clock).await;
+}

@@ -10,7 +10,7 @@ use crate::campaign::Cadence;
 use crate::ledger::Reference;
 use crate::plan::Plan;
 use crate::subscription::{Subscription, SubscriptionKind, SubscriptionStatus};
-use crate::units::Credits;
+use crate::units::{Credits, Usd};
 
 /// Something that happens to an account at a point in time by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +154,9 @@ fn period_ends(tx: &mut Tx<'_>, at: Timestamp) {
         next.period_start = start;
         next.period_end = end;
         let plan = tx.ctx.plans.get(&next.plan_id).cloned();
+        // The period starts at the price it was paid at.
+        let price = next.renewal_price_usd.take().or(plan.as_ref().map(|p| p.price_usd));
+        set_price(&mut next, plan.as_ref(), price);
         start_period(tx, &mut next, plan.as_ref(), at);
         tx.state.subscription = Some(next);
         return;
@@ -211,6 +214,23 @@ pub(super) fn start_period(tx: &mut Tx<'_>, sub: &mut Subscription, plan: Option
         };
         tx.add_grant(pool_grant_id(sub, part, &period), new, at);
     }
+}
+
+/// Remembers what the current period was bought at: its price and the
+/// plan budget that price gives.
+pub(super) fn set_price(sub: &mut Subscription, plan: Option<&Plan>, price: Option<Usd>) {
+    sub.price_usd = price;
+    sub.budget_usd = match (plan, price) {
+        (Some(plan), Some(price)) => plan.budget_at(price),
+        _ => None,
+    };
+}
+
+/// The ids of a period's pool grants (main, backup), whether they exist
+/// yet or not.
+pub fn period_pool_ids(sub: &Subscription, period: u32) -> Vec<String> {
+    let period = period.to_string();
+    ["main", "backup"].iter().map(|part| pool_grant_id(sub, part, &period)).collect()
 }
 
 /// The id of a period's pool grant.

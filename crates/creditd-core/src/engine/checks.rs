@@ -34,7 +34,12 @@ pub fn effective_plan<'p>(state: &AccountState, plans: &'p PlanBook) -> &'p Plan
 /// (except `except_hold`). `None`: no budget applies.
 pub fn budget(state: &AccountState, plans: &PlanBook, except_hold: Option<&str>) -> Option<(Usd, Usd)> {
     let sub = state.subscription.as_ref().filter(|s| s.is_active())?;
-    let budget = plans.get(&sub.plan_id)?.budget()?;
+    // The budget the period was bought with; a subscription stored before
+    // creditd remembered it uses the plan's.
+    let budget = match sub.price_usd {
+        Some(_) => sub.budget_usd?,
+        None => plans.get(&sub.plan_id)?.budget()?,
+    };
     let held: Usd = state
         .holds
         .iter()

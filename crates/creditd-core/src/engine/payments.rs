@@ -74,6 +74,10 @@ pub struct PaymentRefund {
     /// refund of the payment counted: gone already, so reversing them costs
     /// nothing. What bringing the account to now expires is added.
     pub lapsed: Credits,
+    /// What the payment later put in the wallet (its proration credit when
+    /// its subscription was switched away) and no earlier refund reversed:
+    /// reversed first, from the wallet.
+    pub prorated: Credits,
     pub reason: Option<String>,
 }
 
@@ -93,11 +97,15 @@ pub struct RefundedPayment {
     pub debt: Credits,
 }
 
-/// The decision (`semantics.md` §9): what of `refund.credits` each of the
-/// payment's grants still has unspent (unheld, live), what had lapsed, and
-/// the spent rest, which the wallet pays (a top-up is all wallet).
+/// The decision (`semantics.md` §9): first what the payment put in the
+/// wallet at a switch (`prorated`), then what of `refund.credits` each of
+/// the payment's grants still has unspent (unheld, live), what had lapsed,
+/// and the spent rest, which the wallet pays (a top-up is all wallet).
 fn split_refund(tx: &Tx<'_>, refund: &PaymentRefund) -> (Vec<(String, Credits)>, Credits, Credits) {
     let mut left = refund.credits;
+    // What the payment put in the wallet at a switch goes back first.
+    let prorated = refund.prorated.max(Credits::ZERO).min(left);
+    left -= prorated;
     let mut from_grants = Vec::new();
     if let Paid::Grants(ids) = &refund.paid {
         for id in ids {
@@ -127,7 +135,7 @@ fn split_refund(tx: &Tx<'_>, refund: &PaymentRefund) -> (Vec<(String, Credits)>,
             (refund.lapsed + now).max(Credits::ZERO).min(left)
         }
     };
-    (from_grants, lapsed, left - lapsed)
+    (from_grants, lapsed, prorated + left - lapsed)
 }
 
 /// Reverses `refund.credits` of a payment (`semantics.md` §9): from its own
@@ -249,8 +257,14 @@ mod tests {
         }
 
         fn refund_lapsed(&mut self, paid: Paid, credits: &str, lapsed: &str) -> RefundedPayment {
-            let refund =
-                PaymentRefund { payment_id: "p".into(), paid, credits: cr(credits), lapsed: cr(lapsed), reason: None };
+            let refund = PaymentRefund {
+                payment_id: "p".into(),
+                paid,
+                credits: cr(credits),
+                lapsed: cr(lapsed),
+                prorated: Credits::ZERO,
+                reason: None,
+            };
             self.run(|tx| refund_payment(tx, refund)).unwrap()
         }
 
@@ -355,6 +369,7 @@ mod tests {
             paid: Paid::Wallet,
             credits: Credits::ZERO,
             lapsed: cr("5"),
+            prorated: Credits::ZERO,
             reason: None,
         };
         assert!(matches!(f.run(|tx| refund_payment(tx, refund)), Err(Refusal::Conflict(_))));

@@ -2,7 +2,7 @@
 //! carry-over, renew, cancel. Period boundaries that come by themselves
 //! are in [`super::advance`].
 
-use super::advance::{end_subscription, pool_grant_id, start_period};
+use super::advance::{end_subscription, pool_grant_id, set_price, start_period};
 use super::{NewGrant, Refusal, Tx, credit_wallet, usd_to_credits};
 use crate::account::GrantKind;
 use crate::ledger::{EntryKind, Reference};
@@ -35,6 +35,10 @@ pub struct SwitchProration {
     pub policy: OnSwitch,
     /// Under `carry_over`: the old main pool's unused credits, now a grant.
     pub carried_over: Credits,
+    /// A period paid in advance that had not started: credited in full at
+    /// the price it was paid (no cap), whatever the policy. Zero without one.
+    pub prepaid_usd: Usd,
+    pub prepaid_credited: Credits,
 }
 
 /// A subscription as an operation left it, and the one it replaced.
@@ -73,6 +77,12 @@ pub fn start_subscription(tx: &mut Tx<'_>, input: StartInput) -> Result<Subscrip
     let mut carried = Credits::ZERO;
     match tx.state.subscription.clone() {
         Some(old) if old.is_active() => {
+            if old.plan_id == plan.id && old.kind == input.kind && old.cancel_at_period_end {
+                // A payment for the plan the account cancelled: it resumes
+                // (the cancel is undone and the next period is paid).
+                let sub = renew_subscription(tx, None)?;
+                return Ok(SubscriptionChange { subscription: sub, previous: None, proration: None });
+            }
             if old.plan_id == plan.id && old.kind == input.kind {
                 return Err(Refusal::Conflict(format!(
                     "the account is already subscribed to {:?}; renew it instead",
@@ -112,11 +122,15 @@ pub fn start_subscription(tx: &mut Tx<'_>, input: StartInput) -> Result<Subscrip
         budget_used_usd: Usd::ZERO,
         main_amount: Credits::ZERO,
         backup_amount: Credits::ZERO,
+        price_usd: None,
+        budget_usd: None,
+        renewal_price_usd: None,
         grace_ends_at: None,
         external_id: input.external_id,
         created_at: now,
         ended_at: None,
     };
+    set_price(&mut sub, Some(&plan), Some(plan.price_usd));
     start_period(tx, &mut sub, Some(&plan), now);
     if carried.is_positive() {
         let new = NewGrant {
@@ -148,7 +162,9 @@ fn switch_out(tx: &mut Tx<'_>, old: &Subscription, new_plan: &Plan) -> (SwitchPr
     };
     let main = PoolUse { amount: old.main_amount, remaining: remaining(tx, "main") };
     let backup = PoolUse { amount: old.backup_amount, remaining: remaining(tx, "backup") };
-    let old_price = tx.ctx.plans.get(&old.plan_id).map_or(Usd::ZERO, |p| p.price_usd);
+    // What the period was bought at, not what the plan costs now.
+    let old_plan_price = tx.ctx.plans.get(&old.plan_id).map(|p| p.price_usd);
+    let old_price = old.price_paid(old_plan_price);
     let p = prorate(SwitchInput {
         old_price,
         new_price: new_plan.price_usd,
@@ -192,6 +208,25 @@ fn switch_out(tx: &mut Tx<'_>, old: &Subscription, new_plan: &Plan) -> (SwitchPr
         }
         OnSwitch::CarryOver => (Usd::ZERO, Credits::ZERO),
     };
+    // A period paid in advance that has not started is the user's money in
+    // full: credited at its price, beside (not under) the cap of §7.
+    let (prepaid_usd, prepaid_credited) = if old.renewed() {
+        let usd = old.renewal_price_usd.or(old_plan_price).unwrap_or(Usd::ZERO);
+        let credits = usd_to_credits(usd, tx.ctx.policy.credits_per_usd).unwrap_or(Credits::ZERO).min(MAX_GRANT);
+        if credits.is_positive() {
+            // Cannot fail: positive and at most a grant.
+            let _ = credit_wallet(
+                tx,
+                EntryKind::ProrationCredit,
+                credits,
+                Reference::Subscription(old.id.clone()),
+                Some(format!("period {} paid in advance, not started: switch to {}", old.paid_through, new_plan.id)),
+            );
+        }
+        (usd, credits)
+    } else {
+        (Usd::ZERO, Credits::ZERO)
+    };
     let proration = SwitchProration {
         from_plan: old.plan_id.clone(),
         to_plan: new_plan.id.clone(),
@@ -202,6 +237,8 @@ fn switch_out(tx: &mut Tx<'_>, old: &Subscription, new_plan: &Plan) -> (SwitchPr
         credited,
         policy,
         carried_over: carried,
+        prepaid_usd,
+        prepaid_credited,
     };
     (proration, carried)
 }
@@ -219,21 +256,24 @@ fn live(tx: &Tx<'_>, last: Option<&Subscription>) -> Result<Subscription, Refusa
 /// Payment for the next period is confirmed. Before the period end the
 /// next period is paid and starts at the boundary; while past due (within
 /// `renewal_grace`) it starts now, its boundaries still counted from the
-/// anchor. A pass cannot be renewed, nor a cancelled subscription.
+/// anchor. A pass cannot be renewed. Renewing a cancelled subscription
+/// resumes it (the payment is for it). The period is bought at the plan's
+/// price now.
 pub fn renew_subscription(tx: &mut Tx<'_>, last: Option<&Subscription>) -> Result<Subscription, Refusal> {
     let mut sub = live(tx, last)?;
     if sub.kind == SubscriptionKind::Pass30d {
         return Err(Refusal::SubscriptionExpired);
     }
-    if sub.cancel_at_period_end {
-        return Err(Refusal::Conflict("the subscription is cancelled; start a new one instead".into()));
-    }
+    // A payment for a cancelled subscription resumes it.
+    sub.cancel_at_period_end = false;
+    let plan = tx.ctx.plans.get(&sub.plan_id).cloned();
     match sub.status {
         SubscriptionStatus::Active => {
             if sub.renewed() {
                 return Err(Refusal::Conflict("the next period is already paid".into()));
             }
             sub.paid_through = sub.period + 1;
+            sub.renewal_price_usd = plan.as_ref().map(|p| p.price_usd);
         }
         _ => {
             let now = tx.now;
@@ -253,7 +293,7 @@ pub fn renew_subscription(tx: &mut Tx<'_>, last: Option<&Subscription>) -> Resul
             sub.paid_through = n;
             sub.period_start = start;
             sub.period_end = end;
-            let plan = tx.ctx.plans.get(&sub.plan_id).cloned();
+            set_price(&mut sub, plan.as_ref(), plan.as_ref().map(|p| p.price_usd));
             start_period(tx, &mut sub, plan.as_ref(), now);
         }
     }
@@ -271,5 +311,19 @@ pub fn cancel_subscription(tx: &mut Tx<'_>, last: Option<&Subscription>) -> Resu
         end_subscription(tx, SubscriptionStatus::Expired, tx.now);
         return Ok(tx.changes.subscriptions.last().cloned().unwrap_or(sub));
     }
+    Ok(sub)
+}
+
+/// A refund of the payment for the period paid in advance, before that
+/// period starts: the period is no longer paid (`paid_through` back to the
+/// current period), so it does not start at the boundary. Refused when no
+/// period is paid in advance.
+pub fn unpay_renewal(tx: &mut Tx<'_>) -> Result<Subscription, Refusal> {
+    let Some(mut sub) = tx.state.subscription.clone().filter(|s| s.is_active() && s.renewed()) else {
+        return Err(Refusal::Conflict("no period is paid in advance".into()));
+    };
+    sub.paid_through = sub.period;
+    sub.renewal_price_usd = None;
+    tx.state.subscription = Some(sub.clone());
     Ok(sub)
 }

@@ -156,7 +156,7 @@ impl From<&Hold> for AuthorizeOut {
             price_version: h.price_version,
             estimate: h.estimate.to_string(),
             estimate_cost_usd: h.estimate_cost_usd.to_string(),
-            held_from: h.parts.iter().map(PortionOut::from).collect(),
+            held_from: h.held_from.iter().map(PortionOut::from).collect(),
             expires_at: h.expires_at.to_string(),
             available: h.available_after.to_string(),
         }

@@ -229,6 +229,10 @@ pub struct ProrationOut {
     pub credited: String,
     pub policy: &'static str,
     pub carried_over: String,
+    /// A period paid in advance that had not started: its price, credited
+    /// in full to the wallet beside `credited` ("0" without one).
+    pub prepaid_usd: String,
+    pub prepaid_credited: String,
 }
 
 impl From<&SwitchProration> for ProrationOut {
@@ -243,6 +247,8 @@ impl From<&SwitchProration> for ProrationOut {
             credited: p.credited.to_string(),
             policy: p.policy.as_str(),
             carried_over: p.carried_over.to_string(),
+            prepaid_usd: p.prepaid_usd.to_string(),
+            prepaid_credited: p.prepaid_credited.to_string(),
         }
     }
 }

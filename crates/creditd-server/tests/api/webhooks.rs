@@ -613,16 +613,17 @@ async fn plans_start_renew_switch_and_cancel_from_creem_events() {
     assert_eq!((sub["status"].as_str(), sub["cancel_at_period_end"].as_bool()), (Some("active"), Some(true)));
     assert_eq!(creem(&api, &cancel).await.expect(200)["status"], "duplicate");
 
-    // Refunds of the starter payments: the renewal paid in advance added
-    // nothing (its period never started: the plan was switched); the first
-    // period's pools expired unspent at the switch, so nothing becomes debt.
-    let before = wallet(&api, "u_1").await;
+    // Refunds of the starter payments. The switch credited the first
+    // period's unused share (9 USD: the 10% floor) and the renewal paid in
+    // advance in full (10 USD, its period never started): each refund
+    // reverses what its payment put in the wallet; the first period's pools
+    // expired unspent at the switch, so nothing becomes debt.
+    assert_eq!(wallet(&api, "u_1").await, ("1900".into(), "0".into()));
     let r = creem(&api, &refund("evt_rt2", "ref_t2", "2", 1000, 1000)).await;
-    let body = r.expect(200);
-    assert_eq!(body["status"], "ignored");
-    assert!(body["reason"].as_str().unwrap().contains("added nothing"), "{body}");
+    assert_eq!(r.expect(200)["status"], "applied");
+    assert_eq!(wallet(&api, "u_1").await, ("900".into(), "0".into()));
     assert_eq!(creem(&api, &refund("evt_rt1", "ref_t1", "1", 1000, 1000)).await.expect(200)["status"], "applied");
-    assert_eq!(wallet(&api, "u_1").await, before);
+    assert_eq!(wallet(&api, "u_1").await, ("0".into(), "0".into()));
     let rt1 = events(&api, "?status=applied").await.into_iter().find(|e| e["event_id"] == "evt_rt1").unwrap();
     assert!(rt1["reason"].as_str().unwrap().contains("4200 had lapsed"), "{rt1}");
 

@@ -10,7 +10,7 @@ use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -306,6 +306,16 @@ CREATE INDEX grants_due ON grants(expires_at) WHERE expires_at IS NOT NULL AND l
 
 ALTER TABLE accounts SET (fillfactor = 80);
 ALTER TABLE grants SET (fillfactor = 80);
+"#;
+
+/// What money correctness needs remembered (issue #12): see the SQLite
+/// schema's V5, the same columns.
+const V3: &str = r#"
+ALTER TABLE holds ADD COLUMN held_from TEXT;
+ALTER TABLE subscriptions ADD COLUMN price_usd BIGINT;
+ALTER TABLE subscriptions ADD COLUMN budget_usd BIGINT;
+ALTER TABLE subscriptions ADD COLUMN renewal_price_usd BIGINT;
+ALTER TABLE payments ADD COLUMN prorated_credits BIGINT NOT NULL DEFAULT 0;
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

@@ -23,7 +23,7 @@ fn decode_ids(text: &str) -> Vec<String> {
 }
 
 pub const PAYMENT_COLUMNS: &str = "provider, external_id, account_id, kind, amount_usd, credits, grant_ids, \
-     subscription_id, refunded_credits, created_at";
+     subscription_id, refunded_credits, created_at, prorated_credits";
 
 pub fn payment(row: &dyn Row) -> Result<Payment, StoreError> {
     let kind = row.str(3)?;
@@ -38,6 +38,7 @@ pub fn payment(row: &dyn Row) -> Result<Payment, StoreError> {
         subscription_id: row.get(7)?,
         refunded_credits: Credits::from_units(row.get(8)?),
         created_at: ts(row, 9)?,
+        prorated_credits: Credits::from_units(row.get(10)?),
     })
 }
 
@@ -51,7 +52,7 @@ pub fn payment_by_id(conn: &dyn Db, provider: &str, external_id: &str) -> Result
 
 pub fn insert_payment(conn: &dyn Db, p: &Payment) -> Result<(), StoreError> {
     conn.write(
-        &format!("INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        &format!("INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
         params![
             p.provider,
             p.external_id,
@@ -63,7 +64,29 @@ pub fn insert_payment(conn: &dyn Db, p: &Payment) -> Result<(), StoreError> {
             p.subscription_id,
             p.refunded_credits.units(),
             codec::micros(p.created_at),
+            p.prorated_credits.units(),
         ],
+    )
+}
+
+/// The payments of one subscription.
+pub fn payments_of_subscription(
+    conn: &dyn Db,
+    account_id: &str,
+    subscription_id: &str,
+) -> Result<Vec<Payment>, StoreError> {
+    conn.query_vec(
+        &format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE account_id = ?1 AND subscription_id = ?2 ORDER BY seq"),
+        params![account_id, subscription_id],
+        payment,
+    )
+}
+
+/// Adds what a switch put in the wallet to the payment that bought it.
+pub fn add_prorated(conn: &dyn Db, provider: &str, external_id: &str, credits: Credits) -> Result<(), StoreError> {
+    conn.write(
+        "UPDATE payments SET prorated_credits = prorated_credits + ?3 WHERE provider = ?1 AND external_id = ?2",
+        params![provider, external_id, credits.units()],
     )
 }
 

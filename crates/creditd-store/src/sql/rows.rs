@@ -77,7 +77,8 @@ pub fn grant(row: &dyn Row) -> Result<Grant, StoreError> {
 }
 
 pub const HOLD_COLUMNS: &str = "id, account_id, request_id, fingerprint, model, price_version, request_type, project, \
-     conversation, estimate, estimate_cost_usd, parts, available_after, created_at, expires_at, status, resolved_at";
+     conversation, estimate, estimate_cost_usd, parts, available_after, created_at, expires_at, status, resolved_at, \
+     held_from";
 
 pub fn hold(row: &dyn Row) -> Result<Hold, StoreError> {
     Ok(Hold {
@@ -98,6 +99,10 @@ pub fn hold(row: &dyn Row) -> Result<Hold, StoreError> {
         expires_at: ts(row, 14)?,
         status: text_enum(row, 15, HoldStatus::parse)?,
         resolved_at: ts_opt(row, 16)?,
+        held_from: match row.get::<Option<String>>(17)? {
+            Some(text) => codec::decode_portions(&text)?,
+            None => codec::decode_portions(row.str(11)?)?,
+        },
     })
 }
 
@@ -228,7 +233,7 @@ pub fn token(row: &dyn Row) -> Result<AccountToken, StoreError> {
 
 pub const SUBSCRIPTION_COLUMNS: &str = "id, account_id, plan_id, kind, status, cancel_at_period_end, anchor, \
      period, period_start, period_end, paid_through, budget_used_usd, main_amount, backup_amount, grace_ends_at, \
-     external_id, created_at, ended_at";
+     external_id, created_at, ended_at, price_usd, budget_usd, renewal_price_usd";
 
 fn period(row: &dyn Row, i: usize) -> Result<u32, StoreError> {
     let n: i64 = row.get(i)?;
@@ -255,6 +260,9 @@ pub fn subscription(row: &dyn Row) -> Result<Subscription, StoreError> {
         external_id: row.get(15)?,
         created_at: ts(row, 16)?,
         ended_at: ts_opt(row, 17)?,
+        price_usd: row.get::<Option<i64>>(18)?.map(Usd::from_units),
+        budget_usd: row.get::<Option<i64>>(19)?.map(Usd::from_units),
+        renewal_price_usd: row.get::<Option<i64>>(20)?.map(Usd::from_units),
     })
 }
 
@@ -448,7 +456,7 @@ pub fn upsert_hold(conn: &dyn Db, h: &Hold) -> Result<(), StoreError> {
     conn.write_keyed(
         &format!(
             "INSERT INTO holds ({HOLD_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
              ON CONFLICT (id) DO UPDATE SET
                  parts = excluded.parts, status = excluded.status, resolved_at = excluded.resolved_at"
         ),
@@ -470,6 +478,7 @@ pub fn upsert_hold(conn: &dyn Db, h: &Hold) -> Result<(), StoreError> {
             codec::micros(h.expires_at),
             h.status.as_str(),
             opt_micros(h.resolved_at),
+            codec::encode_portions(&h.held_from),
         ],
     )
 }
@@ -547,13 +556,16 @@ pub fn upsert_subscription(conn: &dyn Db, s: &Subscription) -> Result<(), StoreE
     conn.write_keyed(
         &format!(
             "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                     ?21)
              ON CONFLICT (id) DO UPDATE SET
                  status = excluded.status, cancel_at_period_end = excluded.cancel_at_period_end,
                  period = excluded.period, period_start = excluded.period_start, period_end = excluded.period_end,
                  paid_through = excluded.paid_through, budget_used_usd = excluded.budget_used_usd,
                  main_amount = excluded.main_amount, backup_amount = excluded.backup_amount,
-                 grace_ends_at = excluded.grace_ends_at, ended_at = excluded.ended_at"
+                 grace_ends_at = excluded.grace_ends_at, ended_at = excluded.ended_at,
+                 price_usd = excluded.price_usd, budget_usd = excluded.budget_usd,
+                 renewal_price_usd = excluded.renewal_price_usd"
         ),
         params![
             s.id,
@@ -574,6 +586,9 @@ pub fn upsert_subscription(conn: &dyn Db, s: &Subscription) -> Result<(), StoreE
             s.external_id,
             codec::micros(s.created_at),
             opt_micros(s.ended_at),
+            s.price_usd.map(Usd::units),
+            s.budget_usd.map(Usd::units),
+            s.renewal_price_usd.map(Usd::units),
         ],
     )
 }

@@ -816,6 +816,7 @@ impl<C: WriterDb> Writer<C> {
                 let input = StartInput { plan_id: plan, kind, external_id };
                 let (change, state) =
                     run_op(&self.conn, state, self.now(), self.ctx(), |tx| engine::start_subscription(tx, input))?;
+                self.link_proration(&account_id, &change)?;
                 Ok((Reply::Subscription(change), account(state)))
             }
             Command::RenewSubscription { account_id } => self.renew_or_cancel(&account_id, background, true),

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Append only: a released migration is never edited, a change is a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -281,6 +281,20 @@ CREATE TABLE webhook_events (
 CREATE UNIQUE INDEX webhook_events_applied ON webhook_events(provider, event_id) WHERE status = 'applied';
 CREATE INDEX webhook_events_by_provider ON webhook_events(provider, seq);
 CREATE INDEX webhook_events_by_status ON webhook_events(status, seq);
+"#;
+
+/// What money correctness needs remembered (issue #12): the parts an
+/// authorize first answered (`held_from`; NULL on older rows: `parts`), the
+/// price and budget a subscription's period was bought at and the price of
+/// a period paid in advance (NULL on older rows: the plan's), and what a
+/// plan payment later put in the wallet when its subscription was switched
+/// away (`prorated_credits`), so that its refund reverses that too.
+const V5: &str = r#"
+ALTER TABLE holds ADD COLUMN held_from TEXT;
+ALTER TABLE subscriptions ADD COLUMN price_usd INTEGER;
+ALTER TABLE subscriptions ADD COLUMN budget_usd INTEGER;
+ALTER TABLE subscriptions ADD COLUMN renewal_price_usd INTEGER;
+ALTER TABLE payments ADD COLUMN prorated_credits INTEGER NOT NULL DEFAULT 0;
 "#;
 
 /// The newest schema version this build knows.

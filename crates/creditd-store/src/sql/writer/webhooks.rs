@@ -11,7 +11,8 @@
 
 use creditd_core::account::Grant;
 use creditd_core::engine::{
-    self, Paid, PaymentRefund, RefundShare, Refusal, StartInput, paid_period_pools, refund_credits,
+    self, Paid, PaymentRefund, RefundShare, Refusal, StartInput, SubscriptionChange, paid_period_pools,
+    period_pool_ids, refund_credits,
 };
 use creditd_core::subscription::{Subscription, SubscriptionKind};
 use creditd_core::units::{Credits, Usd};
@@ -97,6 +98,7 @@ impl<C: WriterDb> Writer<C> {
                 grant_ids: added.grant_ids,
                 subscription_id: added.subscription_id,
                 refunded_credits: Credits::ZERO,
+                prorated_credits: Credits::ZERO,
                 created_at: self.now(),
             },
         )
@@ -117,24 +119,50 @@ impl<C: WriterDb> Writer<C> {
     ) -> Result<Pending, StoreError> {
         let state = self.cached_state(account_id, background)?;
         let last = core_rows::latest_subscription(&self.conn, account_id)?;
-        let (sub, state) = run_op(&self.conn, state, self.now(), self.ctx(), |tx| {
+        let (change, state) = run_op(&self.conn, state, self.now(), self.ctx(), |tx| {
             let renews = |s: &Subscription| {
                 s.plan_id == plan && s.kind == SubscriptionKind::Monthly && kind == SubscriptionKind::Monthly
             };
             let live = tx.state.subscription.clone().filter(|s| s.status.is_live() && renews(s));
             match live {
-                Some(_) => engine::renew_subscription(tx, last.as_ref()),
+                // A renewal, or a cancelled subscription resumed.
+                Some(_) => engine::renew_subscription(tx, last.as_ref()).map(|subscription| SubscriptionChange {
+                    subscription,
+                    previous: None,
+                    proration: None,
+                }),
                 None => {
                     let input = StartInput { plan_id: plan.to_string(), kind, external_id: Some(payment_id.into()) };
-                    engine::start_subscription(tx, input).map(|change| change.subscription)
+                    engine::start_subscription(tx, input)
                 }
             }
         })?;
+        self.link_proration(account_id, &change)?;
+        let sub = change.subscription;
         let (grant_ids, credits) = paid_period_pools(&sub, &self.book.plans);
         let added =
             Added { kind: PaymentKind::Subscription, amount_usd, credits, grant_ids, subscription_id: Some(sub.id) };
         self.record_payment(provider, payment_id, account_id, added)?;
         Ok(Pending::Account { state, background })
+    }
+
+    /// A switch put the old subscription's unused share (and any period it
+    /// had paid in advance) in the wallet: each part is added to the payment
+    /// that bought it, so that refunding that payment reverses it too.
+    pub(super) fn link_proration(&self, account_id: &str, change: &SubscriptionChange) -> Result<(), StoreError> {
+        let (Some(old), Some(p)) = (&change.previous, &change.proration) else { return Ok(()) };
+        if !p.credited.is_positive() && !p.prepaid_credited.is_positive() {
+            return Ok(());
+        }
+        let payments = rows::payments_of_subscription(&self.conn, account_id, &old.id)?;
+        let parts = [(old.period, p.credited), (old.paid_through, p.prepaid_credited)];
+        for (period, credits) in parts.into_iter().filter(|(_, c)| c.is_positive()) {
+            let ids = period_pool_ids(old, period);
+            if let Some(payment) = payments.iter().find(|pay| pay.grant_ids == ids) {
+                rows::add_prorated(&self.conn, &payment.provider, &payment.external_id, credits)?;
+            }
+        }
+        Ok(())
     }
 
     fn cancel(&mut self, account_id: &str, background: bool) -> Result<Pending, StoreError> {
@@ -160,8 +188,31 @@ impl<C: WriterDb> Writer<C> {
         // like the rest before the refund looks at them.
         let state = self.cached_state(&payment.account_id, background)?;
         let ((), state) = run_op(&self.conn, state, now, self.ctx(), |_| Ok(()))?;
+        // The payment of a period paid in advance that has not started: the
+        // refund un-pays it (it will not start), and nothing else.
+        if payment.kind == PaymentKind::Subscription
+            && let Some(sub) = state.subscription.as_ref()
+            && payment.subscription_id.as_deref() == Some(sub.id.as_str())
+            && sub.is_active()
+            && sub.renewed()
+            && payment.grant_ids == period_pool_ids(sub, sub.paid_through)
+            && payment.refunded_credits < payment.credits
+        {
+            let (_, state) = run_op(&self.conn, state, now, self.ctx(), engine::unpay_renewal)?;
+            // Its credits were never granted: all of them count as lapsed.
+            let left = payment.credits - payment.refunded_credits;
+            let done = engine::RefundedPayment { credits: left, lapsed: left, ..Default::default() };
+            let row = RefundRow { provider: &payment.provider, refund_id, payment, done, at: now };
+            rows::insert_refund(&self.conn, &row)?;
+            let summary = format!(
+                "un-paid the period paid in advance by payment {:?} ({} credits never granted)",
+                payment.external_id, left
+            );
+            return Ok(Outcome::Applied { pending: Pending::Account { state, background }, reason: Some(summary) });
+        }
         // A plan payment has added the pools that exist: a period paid in
-        // advance adds its pools only when it starts.
+        // advance adds its pools only when it starts. What a switch put in
+        // the wallet for it counts too.
         let added = match payment.kind {
             PaymentKind::Topup | PaymentKind::Pack => payment.credits,
             PaymentKind::Subscription => {
@@ -171,7 +222,7 @@ impl<C: WriterDb> Writer<C> {
                         sum += g.amount;
                     }
                 }
-                sum.min(payment.credits)
+                sum.min(payment.credits) + payment.prorated_credits
             }
         };
         let credits = refund_credits(added, payment.refunded_credits, share);
@@ -188,7 +239,10 @@ impl<C: WriterDb> Writer<C> {
             PaymentKind::Pack | PaymentKind::Subscription => Paid::Grants(payment.grant_ids.clone()),
         };
         let lapsed = rows::lapsed_credits(&self.conn, payment)?;
-        let refund = PaymentRefund { payment_id: payment.external_id.clone(), paid, credits, lapsed, reason };
+        // Each refund reverses the wallet part first, so what earlier refunds
+        // left of it is what they did not cover.
+        let prorated = (payment.prorated_credits - payment.refunded_credits).max(Credits::ZERO);
+        let refund = PaymentRefund { payment_id: payment.external_id.clone(), paid, credits, lapsed, prorated, reason };
         let (done, state) = run_op(&self.conn, state, now, self.ctx(), |tx| engine::refund_payment(tx, refund))?;
         let row = RefundRow { provider: &payment.provider, refund_id, payment, done, at: now };
         rows::insert_refund(&self.conn, &row)?;
