@@ -67,6 +67,16 @@ impl ApiError {
         .with_detail("limit_bytes", limit_bytes)
     }
 
+    /// The body did not arrive in time: `408 request_timeout`.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {} seconds", limit.as_secs()),
+        )
+        .with_detail("limit_seconds", limit.as_secs())
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }

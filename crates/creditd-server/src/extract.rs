@@ -17,7 +17,14 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_CHARS};
 
-/// The raw request body, at most 64 KiB.
+/// How long a request body may take to arrive, when the router was given none.
+pub const DEFAULT_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The body read timeout, as a request extension the router adds.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
+/// The raw request body, at most 64 KiB, read within the body read timeout.
 pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
@@ -29,12 +36,18 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
         }
+        let timeout = req.extensions().get::<BodyReadTimeout>().map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
         let body = req.into_body();
         let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-        match http_body_util::BodyExt::collect(limited).await {
-            Ok(collected) => Ok(Body(collected.to_bytes())),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(MAX_BODY_BYTES)),
-            Err(_) => Err(ApiError::invalid("the request body could not be read")),
+        // The whole body within the timeout, however it trickles in (a byte
+        // a second would otherwise hold the connection for hours).
+        match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await {
+            Err(_) => Err(ApiError::request_timeout(timeout)),
+            Ok(Ok(collected)) => Ok(Body(collected.to_bytes())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(ApiError::payload_too_large(MAX_BODY_BYTES))
+            }
+            Ok(Err(_)) => Err(ApiError::invalid("the request body could not be read")),
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub admin_key: Option<String>,
     /// Payment providers whose webhooks are served (secrets, product mapping).
     pub payments: payments::PaymentsConfig,
+    /// How long a request body may take to arrive (`None`: 30 seconds);
+    /// slower is `408 request_timeout`.
+    pub body_read_timeout: Option<std::time::Duration>,
 }
 
 /// The API: a store, a clock and the configuration.

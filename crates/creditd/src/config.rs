@@ -101,6 +101,14 @@ pub struct ServerSection {
     /// `host:port`; port 0 picks a free port.
     pub listen: String,
     pub admin_key: Option<Secret>,
+    /// Connections served at once (kept below the open-file limit).
+    pub max_connections: usize,
+    /// A request head must arrive within this many seconds.
+    pub header_timeout_seconds: u64,
+    /// A request body must arrive within this many seconds.
+    pub body_timeout_seconds: u64,
+    /// A kept-alive connection with nothing to do is closed after this many seconds.
+    pub idle_timeout_seconds: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -464,6 +472,14 @@ struct RawServer {
     listen: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     admin_key: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_connections: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header_timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_timeout_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -848,7 +864,20 @@ impl Validator<'_> {
         if let Err(why) = check_listen(&raw.listen) {
             return Err(self.error("server.listen", why));
         }
-        Ok(ServerSection { listen: raw.listen, admin_key: self.secret(raw.admin_key) })
+        let limit = |key: &str, value: Option<u64>, default: u64, max: u64| match value {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(self.error(key, format!("{v} is not from 1 to {max}"))),
+        };
+        let max_connections = limit("server.max_connections", raw.max_connections, 10_000, 1_000_000)?;
+        Ok(ServerSection {
+            listen: raw.listen,
+            admin_key: self.secret(raw.admin_key),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            header_timeout_seconds: limit("server.header_timeout_seconds", raw.header_timeout_seconds, 10, 3600)?,
+            body_timeout_seconds: limit("server.body_timeout_seconds", raw.body_timeout_seconds, 30, 3600)?,
+            idle_timeout_seconds: limit("server.idle_timeout_seconds", raw.idle_timeout_seconds, 60, 86_400)?,
+        })
     }
 
     fn database(&self, raw: RawDatabase) -> Result<DatabaseSection, ConfigError> {

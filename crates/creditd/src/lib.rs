@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod export;
+pub mod net;
 pub mod serve;
 
 use std::fmt;

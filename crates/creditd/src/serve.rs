@@ -20,6 +20,7 @@ use crate::Failure;
 use crate::cli::ServeArgs;
 use crate::commands::{database, open_store};
 use crate::config::{self, Config};
+use crate::net;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -30,6 +31,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only"))
         .ok();
+    // Before any descriptor is opened: the store, the listener, the connections.
+    let nofile = net::raise_nofile_limit();
     let file = config::locate(args.config.as_deref());
     let config = Config::load(file.as_deref())?;
     match &config.file {
@@ -90,6 +93,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         min_topup_usd: config.min_topup_usd(),
         admin_key: admin_key.clone(),
         payments: payments(&config),
+        body_read_timeout: Some(Duration::from_secs(config.server.body_timeout_seconds)),
     };
     let app = App::new(store.clone(), clock, test_clock, server_config);
     let router = app.router();
@@ -104,7 +108,28 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         let _ = stop_tx.send(true);
     });
     let mut graceful = stop_rx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let limits = net::Limits {
+        max_connections: net::connection_cap(config.server.max_connections, nofile),
+        header_read_timeout: Duration::from_secs(config.server.header_timeout_seconds),
+        idle_timeout: Duration::from_secs(config.server.idle_timeout_seconds),
+    };
+    if limits.max_connections < config.server.max_connections {
+        tracing::warn!(
+            configured = config.server.max_connections,
+            open_file_limit = nofile,
+            cap = limits.max_connections,
+            "server.max_connections lowered to fit the open-file limit"
+        );
+    }
+    tracing::info!(
+        open_file_limit = nofile,
+        max_connections = limits.max_connections,
+        header_timeout_seconds = config.server.header_timeout_seconds,
+        body_timeout_seconds = config.server.body_timeout_seconds,
+        idle_timeout_seconds = config.server.idle_timeout_seconds,
+        "connection limits"
+    );
+    let server = net::serve(listener, router, limits, async move {
         let _ = graceful.wait_for(|stop| *stop).await;
         tracing::info!("shutting down: finishing in-flight requests");
     });

@@ -103,6 +103,9 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
+        .layer(axum::Extension(crate::extract::BodyReadTimeout(
+            state.config.body_read_timeout.unwrap_or(crate::extract::DEFAULT_BODY_READ_TIMEOUT),
+        )))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
