@@ -214,6 +214,26 @@ impl AppState {
     }
 }
 
+/// The account a metering-proxy request is made for: its account token
+/// (`ct_…`), the only secrets the proxy accepts from clients.
+pub async fn proxy_account(state: &AppState, secret: &str) -> ApiResult<String> {
+    let bad = || ApiError::unauthorized("the key is not valid");
+    if secret.is_empty() || secret.len() > 512 {
+        return Err(bad());
+    }
+    if let Some(id) = secret_id(secret, TOKEN_PREFIX) {
+        let token = state.store.account_token(id).await?.ok_or_else(bad)?;
+        if !hashes_match(secret, &token.secret_hash) {
+            return Err(bad());
+        }
+        if token.expires_at <= state.clock.now() {
+            return Err(ApiError::unauthorized("the account token has expired"));
+        }
+        return Ok(token.account_id);
+    }
+    Err(bad())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

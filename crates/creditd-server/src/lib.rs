@@ -67,6 +67,12 @@ impl App {
         routes::router(self.state.clone())
     }
 
+    /// What the handlers share: for routes mounted beside the API (the
+    /// metering proxy).
+    pub fn state(&self) -> state::AppState {
+        self.state.clone()
+    }
+
     /// Every `(method, path)` the router serves, paths in axum's syntax.
     pub fn routes() -> Vec<(&'static str, &'static str)> {
         routes::table().into_iter().map(|r| (r.method, r.path)).collect()

@@ -30,6 +30,9 @@ use jiff::Span;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
+mod proxy;
+pub use proxy::{ProxySection, UpstreamSection};
+
 /// The commented configuration `creditd init` writes, and the built-in defaults.
 pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
 
@@ -94,6 +97,8 @@ pub struct Config {
     pub models: BTreeMap<String, ModelPrice>,
     pub payments: Payments,
     pub display: DisplaySection,
+    /// `[proxy]`: the metering proxy (`docs/proxy.md`).
+    pub proxy: ProxySection,
 }
 
 #[derive(Clone, Debug)]
@@ -464,6 +469,7 @@ struct RawConfig {
     models: BTreeMap<String, RawModel>,
     payments: RawPayments,
     display: RawDisplay,
+    proxy: proxy::RawProxy,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -857,7 +863,8 @@ impl Validator<'_> {
         }
         let payments = self.payments(raw.payments, &plans)?;
         let display = self.display(raw.display)?;
-        Ok(Config { file: None, server, database, billing, campaigns, plans, models, payments, display })
+        let proxy = self.proxy(raw.proxy)?;
+        Ok(Config { file: None, server, database, billing, campaigns, plans, models, payments, display, proxy })
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerSection, ConfigError> {

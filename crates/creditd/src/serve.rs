@@ -96,7 +96,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         body_read_timeout: Some(Duration::from_secs(config.server.body_timeout_seconds)),
     };
     let app = App::new(store.clone(), clock, test_clock, server_config);
-    let router = app.router();
+    let mut router = app.router();
+    if let Some(proxy) = proxy(&config, &app)? {
+        router = router.merge(proxy.router());
+    }
 
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
@@ -156,6 +159,32 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     drop(store);
     tracing::info!("stopped");
     outcome
+}
+
+/// The metering proxy, when an upstream is configured.
+fn proxy(config: &Config, app: &App) -> Result<Option<creditd_proxy::Proxy>, Failure> {
+    let section = &config.proxy;
+    let upstream = |u: &Option<config::UpstreamSection>| {
+        u.as_ref()
+            .map(|u| creditd_proxy::Upstream { base_url: u.base_url.clone(), api_key: u.api_key.expose().to_string() })
+    };
+    let proxy_config = creditd_proxy::ProxyConfig {
+        openai: upstream(&section.openai),
+        anthropic: upstream(&section.anthropic),
+        aliases: section.aliases.clone().into_iter().collect(),
+        max_body_bytes: section.max_body_bytes,
+        first_byte_timeout: Duration::from_secs(section.first_byte_timeout_seconds),
+        idle_timeout: Duration::from_secs(section.idle_timeout_seconds),
+    };
+    if !proxy_config.enabled() {
+        return Ok(None);
+    }
+    for (name, upstream) in [("openai", &proxy_config.openai), ("anthropic", &proxy_config.anthropic)] {
+        if let Some(u) = upstream {
+            tracing::info!(provider = name, base_url = %u.base_url, "metering proxy upstream");
+        }
+    }
+    creditd_proxy::Proxy::new(app.state(), proxy_config).map(Some).map_err(Failure::runtime)
 }
 
 /// Writes the configuration's models into the price book, each only when it

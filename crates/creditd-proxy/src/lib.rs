@@ -1,0 +1,175 @@
+//! creditd-proxy: an OpenAI- and Anthropic-compatible metering proxy.
+//!
+//! A client points its SDK at creditd (`/openai/v1`, `/anthropic`) with a key
+//! bound to one account; for each request the proxy holds credits before any
+//! byte goes upstream, forwards the request with the operator's provider key,
+//! passes the answer back byte for byte while a side decoder reads the usage,
+//! and settles (or releases) the hold. See `docs/proxy.md`.
+//!
+//! - [`request`]: what is read from a client's body (model, stream, limits,
+//!   the text to count);
+//! - [`tokens`]: the estimates (`tiktoken-rs` for OpenAI models, a scaled
+//!   count for Claude);
+//! - [`sse`], [`decode`]: the event-stream reader and the usage decoders,
+//!   pure and table-tested;
+//! - [`forward`]: the handler and the streaming forwarder;
+//! - [`errors`]: refusals in each provider's error JSON.
+
+pub mod decode;
+pub mod errors;
+pub mod forward;
+pub mod request;
+pub mod sse;
+pub mod standin;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{any, post};
+use creditd_server::state::AppState;
+
+use crate::decode::{Endpoint, Provider};
+use crate::errors::ProxyError;
+
+/// A provider the proxy forwards to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// E.g. `https://api.openai.com/v1` or `https://api.anthropic.com`
+    /// (the endpoint's path is appended: `/chat/completions`, `/v1/messages`).
+    pub base_url: String,
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("base_url", &self.base_url).field("api_key", &"***").finish()
+    }
+}
+
+/// The proxy's settings (`[proxy]` of the configuration).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub openai: Option<Upstream>,
+    pub anthropic: Option<Upstream>,
+    /// Client model name → price-book model id (the upstream still gets the
+    /// client's name).
+    pub aliases: HashMap<String, String>,
+    /// Request bodies at most this large (`413` beyond).
+    pub max_body_bytes: usize,
+    /// Longest wait for the provider's response head.
+    pub first_byte_timeout: Duration,
+    /// Longest silence of a provider mid-answer before it counts as failed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            openai: None,
+            anthropic: None,
+            aliases: HashMap::new(),
+            max_body_bytes: 16 << 20,
+            first_byte_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Whether any upstream is configured (the routes are mounted then).
+    pub fn enabled(&self) -> bool {
+        self.openai.is_some() || self.anthropic.is_some()
+    }
+}
+
+/// The proxy: the API's state (store, clock, billing), its settings and one
+/// HTTP client (connections to the providers are pooled).
+#[derive(Clone)]
+pub struct Proxy(Arc<Inner>);
+
+pub struct Inner {
+    pub app: AppState,
+    pub config: ProxyConfig,
+    pub client: reqwest::Client,
+}
+
+impl std::ops::Deref for Proxy {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Proxy {
+    pub fn new(app: AppState, config: ProxyConfig) -> Result<Proxy, String> {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))?;
+        // Load the tokenizers now, not on the first request.
+        std::thread::spawn(tokens::warm_up);
+        Ok(Proxy(Arc::new(Inner { app, config, client })))
+    }
+
+    pub(crate) fn upstream(&self, provider: Provider) -> Option<&Upstream> {
+        match provider {
+            Provider::OpenAi => self.config.openai.as_ref(),
+            Provider::Anthropic => self.config.anthropic.as_ref(),
+        }
+    }
+
+    /// The proxy's routes, to merge into the API's router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/openai/v1/chat/completions", post(chat_completions))
+            .route("/openai/v1/responses", post(responses))
+            .route("/anthropic/v1/messages", post(messages))
+            .route("/openai/{*rest}", any(openai_unknown))
+            .route("/anthropic/{*rest}", any(anthropic_unknown))
+            .with_state(self.clone())
+    }
+}
+
+/// Every `(method, path)` the proxy serves, paths in axum's syntax.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    vec![("POST", "/openai/v1/chat/completions"), ("POST", "/openai/v1/responses"), ("POST", "/anthropic/v1/messages")]
+}
+
+async fn chat_completions(State(proxy): State<Proxy>, request: Request) -> Response {
+    forward::handle(proxy, Endpoint::ChatCompletions, request).await
+}
+
+async fn responses(State(proxy): State<Proxy>, request: Request) -> Response {
+    forward::handle(proxy, Endpoint::Responses, request).await
+}
+
+async fn messages(State(proxy): State<Proxy>, request: Request) -> Response {
+    forward::handle(proxy, Endpoint::Messages, request).await
+}
+
+fn unknown(provider: Provider, request: &Request) -> Response {
+    ProxyError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("the proxy does not serve {} {}", request.method(), request.uri().path()),
+    )
+    .response(provider, None)
+}
+
+async fn openai_unknown(request: Request) -> Response {
+    unknown(Provider::OpenAi, &request)
+}
+
+async fn anthropic_unknown(request: Request) -> Response {
+    unknown(Provider::Anthropic, &request)
+}

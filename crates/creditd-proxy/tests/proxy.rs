@@ -1,0 +1,320 @@
+//! The proxy over HTTP, on real sockets, against the stand-in provider, on
+//! SQLite and PostgreSQL: the bytes a client gets, the usage each request is
+//! charged, and what happens when the provider or the client fails.
+
+mod support;
+
+use std::time::Duration;
+
+use creditd_core::pricing::RequestStatus;
+use creditd_proxy::standin::{self, OUTPUT_TOKENS};
+use creditd_testing::Backend;
+use serde_json::{Value, json};
+use support::*;
+
+/// Each test runs on both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    whole_answers_pass_through_and_are_charged_their_usage,
+    streams_pass_through_byte_for_byte_and_are_charged_once,
+    a_stream_without_usage_is_charged_its_counted_output,
+    a_stream_broken_mid_way_is_charged_what_was_delivered,
+    a_client_that_disconnects_is_charged_what_was_delivered,
+    an_upstream_refusal_releases_the_hold,
+    refusals_come_in_the_providers_shape_and_nothing_goes_upstream,
+);
+
+fn chat_body(model: &str, text: &str, stream: bool) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 100, "stream": stream})
+}
+
+fn responses_body(model: &str, text: &str, stream: bool) -> Value {
+    json!({"model": model, "input": text, "max_output_tokens": 100, "stream": stream})
+}
+
+fn messages_body(model: &str, text: &str, stream: bool) -> Value {
+    json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": text}], "stream": stream})
+}
+
+/// (path on creditd, body, uses the Anthropic key header)
+fn endpoints(text: &str, stream: bool) -> Vec<(&'static str, Value, bool)> {
+    vec![
+        ("/openai/v1/chat/completions", chat_body(GPT, text, stream), false),
+        ("/openai/v1/responses", responses_body(GPT, text, stream), false),
+        ("/anthropic/v1/messages", messages_body(CLAUDE, text, stream), true),
+    ]
+}
+
+async fn post(h: &Harness, path: &str, body: &Value, anthropic: bool) -> reqwest::Response {
+    let request = h.http.post(h.proxy_url(path)).json(body);
+    let request = if anthropic {
+        request.header("x-api-key", &h.token).header("anthropic-version", "2023-06-01")
+    } else {
+        request.bearer_auth(&h.token)
+    };
+    request.header("x-creditd-project", "proj_a").header("x-creditd-conversation", "conv_1").send().await.expect("send")
+}
+
+fn request_id(response: &reqwest::Response) -> String {
+    response.headers()["x-creditd-request-id"].to_str().expect("text").to_string()
+}
+
+/// What the stand-in charges, by the provider.
+fn expected_usage(anthropic: bool) -> (u64, u64, u64, u64, &'static str) {
+    if anthropic {
+        (
+            standin::ANTHROPIC_INPUT_TOKENS,
+            standin::ANTHROPIC_CACHE_READ_TOKENS,
+            standin::ANTHROPIC_CACHE_WRITE_TOKENS,
+            OUTPUT_TOKENS,
+            // 32 × 3 + 4 × 0.3 + 6 × 3.75 + 9 × 15 = 254.7 µ$ → 0.02547 credits
+            "0.02547",
+        )
+    } else {
+        (
+            standin::OPENAI_PROMPT_TOKENS - standin::OPENAI_CACHED_TOKENS,
+            standin::OPENAI_CACHED_TOKENS,
+            0,
+            OUTPUT_TOKENS,
+            // 32 × 2.5 + 10 × 1.25 + 9 × 10 = 182.5 µ$ → 0.01825 credits
+            "0.01825",
+        )
+    }
+}
+
+async fn whole_answers_pass_through_and_are_charged_their_usage(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    for (i, (path, mut body, anthropic)) in endpoints("hello", false).into_iter().enumerate() {
+        let tag = format!("whole{i}");
+        body["metadata_tag"] = json!(format!("tag:{tag}"));
+        let response = post(&h, path, &body, anthropic).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let id = request_id(&response);
+        assert!(id.starts_with("px_"), "{id}");
+        let credits = response.headers()["x-creditd-credits"].to_str().unwrap().to_string();
+        let available = response.headers()["x-creditd-available"].to_str().unwrap().to_string();
+        let got = response.bytes().await.expect("body");
+        let seen = h.standin.tagged(&tag).expect("the stand-in saw it");
+        assert_eq!(got.to_vec(), seen.sent(), "{path}: the client gets the provider's bytes");
+        // The operator's key went upstream, never the client's.
+        if anthropic {
+            assert_eq!(seen.headers["x-api-key"], UPSTREAM_ANTHROPIC_KEY);
+        } else {
+            assert_eq!(seen.headers["authorization"], format!("Bearer {UPSTREAM_OPENAI_KEY}"));
+        }
+        assert!(seen.headers.get("x-creditd-project").is_none());
+
+        let record = h.record(&id).await.expect("settled before the answer");
+        let (input, cache_read, cache_write, output, price) = expected_usage(anthropic);
+        assert_eq!(record.status, RequestStatus::Success);
+        assert_eq!(record.usage.input_tokens, input, "{path}");
+        assert_eq!(record.usage.cache_read_tokens, cache_read, "{path}");
+        assert_eq!(record.usage.cache_write_tokens, cache_write, "{path}");
+        assert_eq!(record.usage.output_tokens, output, "{path}");
+        assert_eq!(record.credits.to_string(), price, "{path}");
+        assert_eq!(credits, price);
+        assert_eq!(record.details.project.as_deref(), Some("proj_a"));
+        assert_eq!(record.details.conversation.as_deref(), Some("conv_1"));
+        assert_eq!(proxy_meta(&record)["estimated"], false);
+        assert_eq!(h.balance().await["available"], available, "{path}: x-creditd-available is the balance after");
+    }
+    assert_eq!(h.records().await.len(), 3, "each request charged once");
+    assert_eq!(h.held().await, "0");
+}
+
+async fn streams_pass_through_byte_for_byte_and_are_charged_once(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    let mut expected_records = 0;
+    for client_wants_usage in [false, true] {
+        for (i, (path, mut body, anthropic)) in endpoints("hello", true).into_iter().enumerate() {
+            if client_wants_usage && path != "/openai/v1/chat/completions" {
+                continue;
+            }
+            let tag = format!("stream{i}{client_wants_usage}");
+            body["metadata_tag"] = json!(format!("tag:{tag}"));
+            if client_wants_usage {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            let response = post(&h, path, &body, anthropic).await;
+            assert_eq!(response.status(), 200, "{path}");
+            assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+            assert!(response.headers().get("x-creditd-held").is_some());
+            let id = request_id(&response);
+            let got = response.bytes().await.expect("body").to_vec();
+            let seen = h.standin.tagged(&tag).expect("seen");
+            let sent = seen.sent();
+            if path == "/openai/v1/chat/completions" {
+                // The proxy always asks for the usage chunk.
+                assert_eq!(seen.body["stream_options"]["include_usage"], true);
+            }
+            if path == "/openai/v1/chat/completions" && !client_wants_usage {
+                assert_ne!(got, sent);
+                assert_eq!(got, without_event(&sent, "\"choices\":[]"), "only the usage chunk is left out");
+            } else {
+                assert_eq!(got, sent, "{path}: byte for byte");
+            }
+            let record = h.wait_record(&id).await;
+            expected_records += 1;
+            let (input, cache_read, cache_write, output, price) = expected_usage(anthropic);
+            assert_eq!(record.status, RequestStatus::Success, "{path}");
+            assert_eq!(
+                (record.usage.input_tokens, record.usage.cache_read_tokens, record.usage.cache_write_tokens),
+                (input, cache_read, cache_write),
+                "{path}"
+            );
+            assert_eq!(record.usage.output_tokens, output, "{path}: cumulative counts replace, never add");
+            assert_eq!(record.credits.to_string(), price, "{path}");
+            assert_eq!(proxy_meta(&record)["estimated"], false);
+            assert_eq!(proxy_meta(&record)["stream"], true);
+        }
+    }
+    assert_eq!(h.records().await.len(), expected_records);
+    assert_eq!(h.held().await, "0");
+}
+
+/// The reply's 9 words are 10 tokens in `o200k_base`.
+const REPLY_TOKENS_O200K: u64 = 10;
+
+async fn a_stream_without_usage_is_charged_its_counted_output(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    for (path, body, anthropic) in endpoints("scenario:omit_usage", true) {
+        let response = post(&h, path, &body, anthropic).await;
+        assert_eq!(response.status(), 200);
+        let id = request_id(&response);
+        let _ = response.bytes().await.expect("body");
+        let record = h.wait_record(&id).await;
+        assert_eq!(record.status, RequestStatus::Success);
+        assert_eq!(proxy_meta(&record)["estimated"], true, "{path}");
+        assert_eq!(proxy_meta(&record)["ending"], "no_usage");
+        let output = if anthropic { (REPLY_TOKENS_O200K * 120).div_ceil(100) } else { REPLY_TOKENS_O200K };
+        assert_eq!(record.usage.output_tokens, output, "{path}");
+        assert!(record.usage.input_tokens > 0, "{path}: the input estimate");
+        assert!(record.credits.is_positive(), "{path}: never a zero charge for delivered tokens");
+    }
+    assert_eq!(h.held().await, "0");
+}
+
+async fn a_stream_broken_mid_way_is_charged_what_was_delivered(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    for scenario in ["fail_mid", "error_event"] {
+        for (path, body, anthropic) in endpoints(&format!("scenario:{scenario}"), true) {
+            let response = post(&h, path, &body, anthropic).await;
+            assert_eq!(response.status(), 200, "{path} {scenario}");
+            let id = request_id(&response);
+            let got = response.bytes().await;
+            if scenario == "fail_mid" {
+                assert!(got.is_err(), "{path}: a broken stream is cut short for the client too");
+            }
+            let record = h.wait_record(&id).await;
+            assert_eq!(record.status, RequestStatus::Cancelled, "{path} {scenario}");
+            assert_eq!(proxy_meta(&record)["ending"], "upstream_error");
+            // "The quick brown" is 3 tokens.
+            let delivered = if anthropic { (3u64 * 120).div_ceil(100) } else { 3 };
+            assert_eq!(record.usage.output_tokens, delivered, "{path} {scenario}");
+            if anthropic {
+                // message_start said what the input was.
+                assert_eq!(record.usage.input_tokens, standin::ANTHROPIC_INPUT_TOKENS);
+                assert_eq!(record.usage.cache_write_tokens, standin::ANTHROPIC_CACHE_WRITE_TOKENS);
+            }
+            assert!(record.credits.is_positive());
+            assert_eq!(proxy_meta(&record)["estimated"], true);
+        }
+    }
+    assert_eq!(h.held().await, "0");
+}
+
+async fn a_client_that_disconnects_is_charged_what_was_delivered(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    for (path, body, anthropic) in endpoints("scenario:stall", true) {
+        let mut response = post(&h, path, &body, anthropic).await;
+        assert_eq!(response.status(), 200);
+        let id = request_id(&response);
+        // Read until the third word, then hang up.
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("brown") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await.expect("in time");
+            got.extend_from_slice(&chunk.expect("chunk").expect("more"));
+        }
+        drop(response);
+        let record = h.wait_record(&id).await;
+        assert_eq!(record.status, RequestStatus::Cancelled, "{path}");
+        assert_eq!(proxy_meta(&record)["ending"], "client_disconnected");
+        assert_eq!(proxy_meta(&record)["estimated"], true);
+        let delivered = if anthropic { (3u64 * 120).div_ceil(100) } else { 3 };
+        assert_eq!(record.usage.output_tokens, delivered, "{path}");
+        assert!(record.usage.input_tokens > 0);
+        assert!(record.credits.is_positive());
+    }
+    assert_eq!(h.held().await, "0");
+}
+
+async fn an_upstream_refusal_releases_the_hold(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    let before = h.balance().await["available"].clone();
+    for stream in [false, true] {
+        for (path, body, anthropic) in endpoints("scenario:upstream_429", stream) {
+            let response = post(&h, path, &body, anthropic).await;
+            assert_eq!(response.status(), 429, "{path}");
+            assert_eq!(response.headers()["retry-after"], "7");
+            assert!(response.headers().get("x-creditd-request-id").is_some());
+            let body: Value = response.json().await.expect("json");
+            if anthropic {
+                assert_eq!(body["error"]["type"], "rate_limit_error", "the provider's own body");
+            } else {
+                assert_eq!(body["error"]["message"], "Rate limit reached for requests");
+            }
+        }
+    }
+    assert!(h.records().await.is_empty(), "nothing charged");
+    assert_eq!(h.held().await, "0");
+    assert_eq!(h.balance().await["available"], before);
+}
+
+async fn refusals_come_in_the_providers_shape_and_nothing_goes_upstream(backend: Backend) {
+    let h = Harness::start(backend, "0").await;
+    // No credits: 402.
+    for (path, body, anthropic) in endpoints("hello", false) {
+        let response = post(&h, path, &body, anthropic).await;
+        assert_eq!(response.status(), 402, "{path}");
+        let body: Value = response.json().await.expect("json");
+        if anthropic {
+            assert_eq!(body["type"], "error");
+            assert_eq!(body["error"]["type"], "billing_error");
+        } else {
+            assert_eq!(body["error"]["type"], "insufficient_quota");
+            assert_eq!(body["error"]["code"], "insufficient_credits");
+        }
+    }
+    // Unknown model: 400, never a free call.
+    let response = post(&h, "/openai/v1/chat/completions", &chat_body("gpt-unknown", "hi", false), false).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "unknown_model");
+    // A bad key: 401.
+    let response = h
+        .http
+        .post(h.proxy_url("/anthropic/v1/messages"))
+        .header("x-api-key", "ct_nope_nope")
+        .json(&messages_body(CLAUDE, "hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["type"], "authentication_error");
+    assert!(h.standin.seen().is_empty(), "no byte went upstream");
+    assert!(h.records().await.is_empty());
+}
