@@ -13,6 +13,11 @@ use serde_json::{Map, Value, json};
 use crate::dto::ErrorBody;
 use crate::respond::json_bytes;
 
+/// `Retry-After` of a `503 unavailable`: a writer reconnects at its next
+/// batch, so a second is enough for a terminated connection; a restarting
+/// database answers 503 again until it is back.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 1;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -81,6 +86,21 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// `503 unavailable`: the database cannot be reached (down, restarting,
+    /// a connection lost); worth retrying after `Retry-After`. `unknown`:
+    /// a write's commit may or may not have happened (its answer was lost).
+    pub fn unavailable(unknown: bool) -> Self {
+        let message = if unknown {
+            "the database became unreachable while committing; whether the operation was applied is unknown: \
+             retry it with the same request id or Idempotency-Key"
+        } else {
+            "the database is unavailable; the operation was not applied and may be retried"
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .with_detail("outcome_unknown", unknown)
+            .retry_after(UNAVAILABLE_RETRY_AFTER_SECONDS)
+    }
+
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -142,6 +162,10 @@ impl From<StoreError> for ApiError {
             StoreError::Internal(why) => {
                 tracing::error!(error = %why, "store failure");
                 ApiError::internal("the store failed; the operation may be retried")
+            }
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "store unavailable");
+                ApiError::unavailable(why.contains(creditd_store::OUTCOME_UNKNOWN))
             }
         }
     }
@@ -232,6 +256,16 @@ mod tests {
         assert_eq!(body["error"]["code"], "internal");
         assert!(!body["error"]["message"].as_str().unwrap().contains("disk"), "no internals leak");
         let limited = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down").retry_after(17);
+        // issue 19, item 7: a database that is down is 503 with Retry-After, not 500.
+        let (status, retry, body) = parts(StoreError::Unavailable("postgres: connection refused".into()).into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!(body["error"]["details"]["outcome_unknown"], false);
+        assert!(!body["error"]["message"].as_str().unwrap().contains("refused"), "no internals leak");
+        let unknown = StoreError::Unavailable(format!("{}: lost", creditd_store::OUTCOME_UNKNOWN));
+        let (_, _, body) = parts(unknown.into()).await;
+        assert_eq!(body["error"]["details"]["outcome_unknown"], true);
         let (status, retry, body) = parts(limited).await;
         assert_eq!(status.as_u16(), 429);
         assert_eq!(retry.as_deref(), Some("17"));

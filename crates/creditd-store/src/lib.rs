@@ -233,6 +233,9 @@ pub enum Command {
     Sweep {
         account_id: String,
     },
+    /// Changes nothing: the writer that takes it begins and commits a
+    /// transaction, answered `Reply::Swept` (`Store::health`).
+    Ping,
     /// Creates or replaces a plan. Subscriptions keep their plan id and get
     /// the plan as it is at each period start and check.
     PutPlan {
@@ -290,6 +293,7 @@ impl Command {
             | Command::CreateKey { .. }
             | Command::DeleteKey { .. }
             | Command::PutPlan { .. }
+            | Command::Ping
             | Command::WebhookEvent { .. } => None,
         }
     }
@@ -376,6 +380,10 @@ pub enum StoreError {
     /// The store failed; the command may or may not have been applied
     /// only if the failure was at commit, and then the caller is told so.
     Internal(String),
+    /// The database cannot be reached (down, restarting, the connection
+    /// lost): worth retrying shortly (`503` with `Retry-After`). The command
+    /// was not applied, unless the message says its outcome is unknown.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -383,16 +391,35 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Refused(r) => r.fmt(f),
             StoreError::Internal(why) => write!(f, "store failure: {why}"),
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
 
+/// How a [`StoreError::Unavailable`] says that a write may or may not have
+/// been committed (the answer to its COMMIT was lost).
+pub const OUTCOME_UNKNOWN: &str = "the outcome of the commit is unknown";
+
+impl StoreError {
+    /// A write whose commit may or may not have happened.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, StoreError::Unavailable(why) if why.contains(OUTCOME_UNKNOWN))
+    }
+}
+
 impl From<Refusal> for StoreError {
     fn from(r: Refusal) -> Self {
         StoreError::Refused(r)
     }
+}
+
+/// What [`Store::health`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub writer: Result<(), StoreError>,
+    pub reader: Result<(), StoreError>,
 }
 
 /// A page request: at most `limit` rows after `cursor`.
@@ -573,6 +600,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers once the store can serve reads.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether each part of the store works now: its writers (each commits
+    /// a transaction) and its readers (each part in at most a few seconds).
+    async fn health(&self) -> StoreHealth {
+        let reader = self.ping().await;
+        StoreHealth { writer: reader.clone(), reader }
+    }
 
     async fn account(&self, id: &str) -> Result<Option<AccountRow>, StoreError>;
     async fn accounts(&self, page: Page) -> Result<Paged<AccountRow>, StoreError>;

@@ -132,3 +132,39 @@ async fn money_on_postgres() {
     let store = Arc::new(connect(&db, story::money::config(), &clock));
     story::money::money(store, clock).await;
 }
+
+/// Issue 19, item 7: a database that cannot be reached is `Unavailable`
+/// (503 with Retry-After over HTTP), not an internal failure, for writes,
+/// reads and the health of each part; once it is back, the writers serve
+/// again at once, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_down_is_unavailable_and_the_writer_recovers() {
+    use creditd_testing::proxy::PgProxy;
+    let db = PgDatabase::create();
+    let proxy = PgProxy::start(&creditd_testing::postgres_server_addr()).expect("proxy");
+    let clock = clock();
+    let store =
+        PgStore::connect(&proxy.url_for(db.url()), EngineConfig::default(), WriterLimits::default(), clock.clone())
+            .expect("connect");
+    run(&store, Command::CreateAccount { id: "acct".into(), email: None, metadata: None }).await;
+    let health = store.health().await;
+    assert_eq!((health.writer, health.reader), (Ok(()), Ok(())));
+
+    proxy.set_down(true);
+    let down = store.execute(promo_grant("acct", 1), None).await;
+    assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+    let health = store.health().await;
+    assert!(matches!(health.writer, Err(StoreError::Unavailable(_))), "{health:?}");
+    assert!(matches!(health.reader, Err(StoreError::Unavailable(_))), "{health:?}");
+
+    proxy.set_down(false);
+    let started = std::time::Instant::now();
+    let up = store.execute(promo_grant("acct", 2), None).await;
+    assert!(matches!(up, Ok(Reply::Grant(_))), "{up:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "recovered in {:?}", started.elapsed());
+    assert_eq!(store.health().await.writer, Ok(()));
+}
+
+fn promo_grant(account: &str, whole: i64) -> Command {
+    Command::Grant { account_id: account.into(), grant: promo(Credits::whole(whole), None, "down") }
+}

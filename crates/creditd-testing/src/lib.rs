@@ -7,10 +7,22 @@
 
 use std::time::Duration;
 
+pub mod proxy;
+
 /// The server the PostgreSQL tests use (a maintenance database on it).
 pub fn postgres_admin_url() -> String {
     std::env::var("CREDITD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// The `host:port` of the server the PostgreSQL tests use (for a
+/// [`proxy::PgProxy`] in front of it).
+pub fn postgres_server_addr() -> String {
+    let url = postgres_admin_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host.contains(':') { host.to_string() } else { format!("{host}:5432") }
 }
 
 /// The backend an HTTP test suite runs on: `CREDITD_TEST_BACKEND=postgres`

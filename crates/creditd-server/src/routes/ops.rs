@@ -12,9 +12,29 @@ use crate::respond::ok;
 use crate::state::AppState;
 use crate::validate;
 
+/// `200` once every part of the store answers; otherwise `503 unavailable`
+/// with `Retry-After`, the details naming each part (`writer`, `reader`)
+/// as `ok` or `unavailable`.
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
-    state.store.ping().await?;
-    ok(&Health { status: "ok" })
+    let health = state.store.health().await;
+    if health.writer.is_ok() && health.reader.is_ok() {
+        return ok(&Health { status: "ok" });
+    }
+    let mut down = Vec::new();
+    let mut error = ApiError::unavailable(false);
+    for (part, result) in [("writer", &health.writer), ("reader", &health.reader)] {
+        let status = match result {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(part, error = %e, "health: a part of the store is down");
+                down.push(part);
+                "unavailable"
+            }
+        };
+        error = error.with_detail(part, status);
+    }
+    error.message = format!("the store's {} cannot reach the database", down.join(" and "));
+    Err(error)
 }
 
 pub async fn metrics() -> Response {

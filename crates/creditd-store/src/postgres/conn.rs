@@ -29,17 +29,68 @@ use tokio::runtime::Runtime;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::StoreError;
 use crate::sql::{Begun, Db, Param, Row, WriterDb};
+use crate::{OUTCOME_UNKNOWN, StoreError};
 
 /// Versions remembered at most; past that they are forgotten, and the next
 /// touch of each account reloads it once.
 const VERSIONS_MAX: usize = 200_000;
 
+/// How long a writer keeps asking, after a lost answer to COMMIT, whether
+/// its transaction committed, before it calls the outcome unknown.
+const FIND_OUT_FOR: Duration = Duration::from_secs(10);
+
+/// What kind of failure an error of PostgreSQL is, for what may follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Nothing failed since the batch began.
+    None,
+    /// The database refused a statement of the batch for its own reasons.
+    Statement,
+    /// Another transaction got in the way: a unique key it took first, a
+    /// deadlock, a serialization failure. Running again may succeed.
+    Conflict,
+    /// The database cannot be reached: down, restarting, the connection
+    /// terminated or lost.
+    Connection,
+}
+
+impl Failure {
+    fn of(e: &tokio_postgres::Error) -> Failure {
+        match e.as_db_error() {
+            Some(db) => {
+                let code = db.code().code();
+                match code {
+                    // unique_violation, exclusion_violation, serialization_failure, deadlock_detected
+                    "23505" | "23P01" | "40001" | "40P01" => Failure::Conflict,
+                    // admin_shutdown (pg_terminate_backend, a fast shutdown), crash_shutdown,
+                    // cannot_connect_now (starting up), too_many_connections, connection_exception…
+                    "57P01" | "57P02" | "57P03" | "53300" => Failure::Connection,
+                    _ if code.starts_with("08") => Failure::Connection,
+                    _ => Failure::Statement,
+                }
+            }
+            None => {
+                let text = e.to_string();
+                let lost = ["error connecting", "error communicating", "connection closed", "timeout waiting"];
+                if e.is_closed() || lost.iter().any(|l| text.starts_with(l)) {
+                    Failure::Connection
+                } else {
+                    Failure::Statement
+                }
+            }
+        }
+    }
+}
+
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    match e.as_db_error() {
-        Some(db) => StoreError::Internal(format!("postgres: {}: {}", db.code().code(), db.message())),
-        None => StoreError::Internal(format!("postgres: {e}")),
+    let why = match e.as_db_error() {
+        Some(db) => format!("postgres: {}: {}", db.code().code(), db.message()),
+        None => format!("postgres: {e}"),
+    };
+    match Failure::of(&e) {
+        Failure::Connection => StoreError::Unavailable(why),
+        _ => StoreError::Internal(why),
     }
 }
 
@@ -388,6 +439,15 @@ pub struct PgConn {
     savepoints: RefCell<Vec<(&'static str, Savepoint)>>,
     /// A statement of the open transaction failed: it can only roll back.
     failed: Cell<bool>,
+    /// What the last failure was (reset when a batch begins).
+    failure: Cell<Failure>,
+    /// The connection must be made again before the next batch (it failed
+    /// in a way that may have left it unusable).
+    reconnect: Cell<bool>,
+    /// The open batch's transaction id and the server process of the
+    /// connection, from the start of the batch: after a lost answer to
+    /// COMMIT, a new connection asks what became of it.
+    xact: Cell<Option<(i64, i32)>>,
     /// Accounts locked by the open batch.
     locked: RefCell<HashSet<String>>,
     /// Each account's `version` as of this writer's last lock or commit.
@@ -463,6 +523,9 @@ impl PgConn {
             deferred: RefCell::new(Vec::new()),
             savepoints: RefCell::new(Vec::new()),
             failed: Cell::new(false),
+            failure: Cell::new(Failure::None),
+            reconnect: Cell::new(false),
+            xact: Cell::new(None),
             locked: RefCell::new(HashSet::new()),
             versions: RefCell::new(HashMap::new()),
             book_version: Cell::new(None),
@@ -475,11 +538,12 @@ impl PgConn {
 
     /// Connects again if the server closed the connection (a restart).
     fn ensure_connected(&self) -> Result<(), StoreError> {
-        if !self.client.borrow().is_closed() {
+        if !self.client.borrow().is_closed() && !self.reconnect.get() {
             return Ok(());
         }
         tracing::warn!("reconnecting to PostgreSQL");
         *self.client.borrow_mut() = connect_client(self.runtime(), &self.url, self.setup)?;
+        self.reconnect.set(false);
         self.statements.borrow_mut().clear();
         self.texts.borrow_mut().clear();
         self.merged.borrow_mut().clear();
@@ -498,7 +562,151 @@ impl PgConn {
 
     fn fail(&self, e: tokio_postgres::Error) -> StoreError {
         self.failed.set(true);
+        let failure = Failure::of(&e);
+        // The first failure of a batch says why it failed; what follows it
+        // (the rest of a pipeline) only echoes it.
+        if self.failure.get() == Failure::None {
+            self.failure.set(failure);
+        }
+        if failure == Failure::Connection {
+            self.reconnect.set(true);
+        }
         pg_error(e)
+    }
+
+    /// Begins the transaction, locks the accounts, and notes the
+    /// transaction's id (see [`WriterDb::begin_batch`]).
+    fn try_begin(&self, accounts: &[&str], requests: &[(&str, &str)]) -> Result<Begun, StoreError> {
+        self.ensure_connected()?;
+        self.failed.set(false);
+        self.failure.set(Failure::None);
+        self.xact.set(None);
+        self.locked.borrow_mut().clear();
+        self.savepoints.borrow_mut().clear();
+        self.deferred.borrow_mut().clear();
+        if self.versions.borrow().len() > VERSIONS_MAX {
+            self.versions.borrow_mut().clear();
+        }
+        self.control("BEGIN")?;
+        // Lock the accounts in id order and bump their versions (every batch
+        // that may change an account does, before it reads it), and read the
+        // book's version (the row without an id).
+        let lock = self.statement(
+            "WITH locked AS (SELECT id FROM accounts WHERE id = ANY(?1) ORDER BY id FOR NO KEY UPDATE),
+                  bumped AS (
+                      UPDATE accounts SET version = accounts.version + 1 FROM locked
+                       WHERE accounts.id = ANY(?1) AND accounts.id = locked.id
+                      RETURNING accounts.id, accounts.version
+                  )
+             SELECT id, version FROM bumped UNION ALL SELECT NULL, version FROM book_version",
+        )?;
+        // Which of the requests have a hold or a record: one probe of a
+        // unique index per pair. Joins rather than `EXISTS`: the planner costs
+        // an `EXISTS` as if a match came early, and so takes any index on the
+        // account for it, which then reads every record of the account when
+        // (as nearly always) there is none.
+        let seen = self.statement(
+            "SELECT r.account_id, r.request_id
+               FROM (SELECT unnest(CAST(?1 AS TEXT[])) AS account_id, unnest(CAST(?2 AS TEXT[])) AS request_id) AS r
+               LEFT JOIN usage_records u ON u.account_id = r.account_id AND u.request_id = r.request_id
+               LEFT JOIN holds h ON h.account_id = r.account_id AND h.request_id = r.request_id
+              WHERE u.account_id IS NOT NULL OR h.account_id IS NOT NULL",
+        )?;
+        // The transaction's id, for finding out after a lost answer to COMMIT
+        // whether it committed (`find_out`).
+        let xact = self.statement("SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT), pg_backend_pid()")?;
+        let (asked_accounts, asked_requests): (Vec<&str>, Vec<&str>) = requests.iter().copied().unzip();
+        let (locked, seen, xact) = self.flush_then(async |client| {
+            let looked = async {
+                if requests.is_empty() {
+                    return Ok(Vec::new());
+                }
+                client.query(&seen, &[&asked_accounts, &asked_requests]).await
+            };
+            let (locked, looked, xact) =
+                futures_util::future::join3(client.query(&lock, &[&accounts]), looked, client.query_one(&xact, &[]))
+                    .await;
+            Ok((locked?, looked?, xact?))
+        })?;
+        self.xact.set(Some((xact.try_get(0).map_err(pg_error)?, xact.try_get(1).map_err(pg_error)?)));
+        let mut book = None;
+        let mut stale = Vec::new();
+        for row in &locked {
+            let version: i64 = row.try_get(1).map_err(pg_error)?;
+            match row.try_get::<_, Option<String>>(0).map_err(pg_error)? {
+                Some(id) => {
+                    if self.note_version(&id, version) {
+                        stale.push(id);
+                    }
+                }
+                None => book = Some(version),
+            }
+        }
+        let book_changed = self.book_version.replace(book) != book;
+        let seen = seen
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<HashSet<(String, String)>, tokio_postgres::Error>>()
+            .map_err(pg_error)?;
+        Ok(Begun { stale, book_changed, seen: Some(seen) })
+    }
+
+    /// After the answer to COMMIT was lost (the connection failed with the
+    /// commit in flight): connects again and asks the database what became
+    /// of the transaction. Committed: `Ok`. Still running on the old
+    /// connection's server process (the commit never reached it, and it has
+    /// not noticed the connection is gone): that process is ended, which
+    /// rolls it back, and the answer is asked again. Until the database
+    /// answers, for at most [`FIND_OUT_FOR`]: then the outcome is unknown,
+    /// `Err(StoreError::Unavailable)`.
+    fn find_out(&self, lost: StoreError) -> Result<(), StoreError> {
+        let Some((xid, pid)) = self.xact.take() else {
+            return Err(StoreError::Unavailable(format!("{OUTCOME_UNKNOWN}: {lost}")));
+        };
+        let deadline = Instant::now() + FIND_OUT_FOR;
+        let mut terminated = false;
+        loop {
+            self.reconnect.set(true);
+            let status = self.ensure_connected().and_then(|()| {
+                let client = self.client.borrow();
+                let asked = self.runtime().block_on(async {
+                    let status = client
+                        .query_one("SELECT pg_xact_status(CAST(CAST($1 AS TEXT) AS xid8))", &[&xid.to_string()])
+                        .await?
+                        .try_get::<_, Option<String>>(0)?;
+                    if status.as_deref() == Some("in progress") && !terminated {
+                        client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+                    }
+                    Ok::<_, tokio_postgres::Error>(status)
+                });
+                asked.map_err(pg_error)
+            });
+            match status.as_ref().map(Option::as_deref) {
+                Ok(Some("committed")) => {
+                    tracing::warn!(xid, "the answer to a COMMIT was lost; the transaction had committed");
+                    return Ok(());
+                }
+                Ok(Some("aborted")) => {
+                    tracing::warn!(xid, "the answer to a COMMIT was lost; the transaction was rolled back");
+                    self.failure.set(Failure::Conflict);
+                    return Err(StoreError::Internal(format!("the connection was lost before the commit: {lost}")));
+                }
+                Ok(Some("in progress")) => terminated = true,
+                Ok(other) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{OUTCOME_UNKNOWN} (transaction status {other:?}): {lost}"
+                    )));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot yet ask PostgreSQL what became of a commit"),
+            }
+            if Instant::now() >= deadline {
+                self.reconnect.set(true);
+                return Err(StoreError::Unavailable(format!(
+                    "{OUTCOME_UNKNOWN} (the database could not be asked what became of it): {lost}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(if terminated { 20 } else { 200 }));
+        }
     }
 
     fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
@@ -794,69 +1002,17 @@ impl Db for PgConn {
 
 impl WriterDb for PgConn {
     fn begin_batch(&self, accounts: &[&str], requests: &[(&str, &str)]) -> Result<Begun, StoreError> {
-        self.ensure_connected()?;
-        self.failed.set(false);
-        self.locked.borrow_mut().clear();
-        self.savepoints.borrow_mut().clear();
-        if self.versions.borrow().len() > VERSIONS_MAX {
-            self.versions.borrow_mut().clear();
-        }
-        self.control("BEGIN")?;
-        // Lock the accounts in id order and bump their versions (every batch
-        // that may change an account does, before it reads it), and read the
-        // book's version (the row without an id).
-        let lock = self.statement(
-            "WITH locked AS (SELECT id FROM accounts WHERE id = ANY(?1) ORDER BY id FOR NO KEY UPDATE),
-                  bumped AS (
-                      UPDATE accounts SET version = accounts.version + 1 FROM locked
-                       WHERE accounts.id = ANY(?1) AND accounts.id = locked.id
-                      RETURNING accounts.id, accounts.version
-                  )
-             SELECT id, version FROM bumped UNION ALL SELECT NULL, version FROM book_version",
-        )?;
-        // Which of the requests have a hold or a record: one probe of a
-        // unique index per pair. Joins rather than `EXISTS`: the planner costs
-        // an `EXISTS` as if a match came early, and so takes any index on the
-        // account for it, which then reads every record of the account when
-        // (as nearly always) there is none.
-        let seen = self.statement(
-            "SELECT r.account_id, r.request_id
-               FROM (SELECT unnest(CAST(?1 AS TEXT[])) AS account_id, unnest(CAST(?2 AS TEXT[])) AS request_id) AS r
-               LEFT JOIN usage_records u ON u.account_id = r.account_id AND u.request_id = r.request_id
-               LEFT JOIN holds h ON h.account_id = r.account_id AND h.request_id = r.request_id
-              WHERE u.account_id IS NOT NULL OR h.account_id IS NOT NULL",
-        )?;
-        let (asked_accounts, asked_requests): (Vec<&str>, Vec<&str>) = requests.iter().copied().unzip();
-        let (locked, seen) = self.flush_then(async |client| {
-            let looked = async {
-                if requests.is_empty() {
-                    return Ok(Vec::new());
-                }
-                client.query(&seen, &[&asked_accounts, &asked_requests]).await
-            };
-            let (locked, looked) = futures_util::future::join(client.query(&lock, &[&accounts]), looked).await;
-            Ok((locked?, looked?))
-        })?;
-        let mut book = None;
-        let mut stale = Vec::new();
-        for row in &locked {
-            let version: i64 = row.try_get(1).map_err(pg_error)?;
-            match row.try_get::<_, Option<String>>(0).map_err(pg_error)? {
-                Some(id) => {
-                    if self.note_version(&id, version) {
-                        stale.push(id);
-                    }
-                }
-                None => book = Some(version),
+        // A connection the server ended (a terminated backend, a restart)
+        // is often noticed only when the batch is sent: nothing was done
+        // then, so the batch begins once more on a new connection.
+        match self.try_begin(accounts, requests) {
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "a batch could not begin; connecting again");
+                self.reconnect.set(true);
+                self.try_begin(accounts, requests)
             }
+            other => other,
         }
-        let book_changed = self.book_version.replace(book) != book;
-        let seen = seen
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<HashSet<(String, String)>, tokio_postgres::Error>>()
-            .map_err(pg_error)?;
-        Ok(Begun { stale, book_changed, seen: Some(seen) })
     }
 
     fn lock_account(&self, id: &str) -> Result<bool, StoreError> {
@@ -906,9 +1062,22 @@ impl WriterDb for PgConn {
 
     fn commit_batch(&self) -> Result<(), StoreError> {
         // The deferred writes and the commit: one round trip.
-        self.flush_then(async |client| client.batch_execute("COMMIT").await)?;
+        let committed = self.flush_then(async |client| client.batch_execute("COMMIT").await);
         self.locked.borrow_mut().clear();
-        Ok(())
+        match committed {
+            Ok(()) => Ok(()),
+            // The connection failed with COMMIT perhaps in flight: it may
+            // have committed. Never guess: ask.
+            Err(e) if self.failure.get() == Failure::Connection => {
+                let found = self.find_out(e);
+                self.deferred.borrow_mut().clear();
+                self.savepoints.borrow_mut().clear();
+                self.versions.borrow_mut().clear();
+                self.failed.set(false);
+                found
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn rollback_batch(&self) {
@@ -917,13 +1086,17 @@ impl WriterDb for PgConn {
         self.locked.borrow_mut().clear();
         self.versions.borrow_mut().clear();
         self.failed.set(false);
-        if !self.client.borrow().is_closed() {
+        if !self.client.borrow().is_closed() && !self.reconnect.get() {
             let _ = self.simple("ROLLBACK");
         }
     }
 
     fn transaction_lost(&self) -> bool {
         self.failed.get() || self.client.borrow().is_closed()
+    }
+
+    fn retry_may_succeed(&self) -> bool {
+        matches!(self.failure.get(), Failure::Conflict | Failure::Connection)
     }
 }
 

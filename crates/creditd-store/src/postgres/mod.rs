@@ -76,3 +76,6 @@ impl PgReader {
         off_runtime(|| Ok(SqlReader::new(connect_readers(url, 3)?)))
     }
 }
+
+#[cfg(test)]
+mod faults;

@@ -334,8 +334,20 @@ pub trait WriterDb: Db {
     /// Undoes what was done since the savepoint (which stays, to be released).
     fn rollback_to_savepoint(&self, name: &'static str) -> Result<(), StoreError>;
 
-    /// Commits the batch.
+    /// Commits the batch. `Err(StoreError::Unavailable)`: the outcome is
+    /// unknown (the answer to COMMIT was lost, and the database could not be
+    /// asked whether it committed): nothing of the batch may run again. Any
+    /// other error: the batch was not committed.
     fn commit_batch(&self) -> Result<(), StoreError>;
+
+    /// After a failure of the batch: whether running its commands again may
+    /// succeed where this attempt failed for reasons not theirs: a conflict
+    /// with another writer of the database (a unique key another transaction
+    /// took first, a deadlock, a serialization failure), or a connection lost
+    /// before COMMIT and since restored.
+    fn retry_may_succeed(&self) -> bool {
+        false
+    }
 
     /// Rolls the batch back (after a failure; errors are ignored).
     fn rollback_batch(&self);

@@ -22,9 +22,12 @@ use super::writer::{Job, Stats, Writer};
 use super::{Db, DbExt, WriterDb, payments, reader, rows, usage};
 use crate::{
     AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportEncoder, ExportSink, GroupBy,
-    Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, UsageFilter, UsageSummary,
-    WriterLimits,
+    Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, StoreHealth, UsageFilter,
+    UsageSummary, WriterLimits,
 };
+
+/// How long `health` waits for each part of the store.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Read connections, each used by one read at a time.
 pub struct ReadPool<C> {
@@ -288,6 +291,25 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_one("SELECT 1", &[], |row| row.get::<i64>(0)).map(drop)).await
+    }
+
+    async fn health(&self) -> StoreHealth {
+        let timed_out = |part: &str| StoreError::Unavailable(format!("the {part} did not answer in {HEALTH_WAIT:?}"));
+        let writers = futures_util::future::join_all(self.inner.senders.iter().map(|sender| async move {
+            let (reply, answer) = oneshot::channel();
+            let job = Job { command: Command::Ping, idempotent: None, reply: Some(reply) };
+            sender.send(job).await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
+            match answer.await {
+                Ok(result) => result.map(drop),
+                Err(_) => Err(StoreError::Internal("the writer stopped before answering".into())),
+            }
+        }));
+        let writer = match tokio::time::timeout(HEALTH_WAIT, writers).await {
+            Ok(results) => results.into_iter().find(Result::is_err).unwrap_or(Ok(())),
+            Err(_) => Err(timed_out("writer")),
+        };
+        let reader = tokio::time::timeout(HEALTH_WAIT, self.ping()).await.unwrap_or_else(|_| Err(timed_out("reader")));
+        StoreHealth { writer, reader }
     }
 
     async fn account(&self, id: &str) -> Result<Option<AccountRow>, StoreError> {

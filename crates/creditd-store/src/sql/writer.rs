@@ -29,7 +29,8 @@ use super::{Db, DbExt, WriterDb, params, rows};
 
 mod webhooks;
 use crate::{
-    AccountRow, Clock, Command, EngineConfig, Idempotent, ModelVersion, Reply, StoreError, StoredResponse, WriterLimits,
+    AccountRow, Clock, Command, EngineConfig, Idempotent, ModelVersion, Reply, StoreError, StoredResponse,
+    WebhookAction, WriterLimits,
 };
 
 /// One command on its way to the writer.
@@ -165,6 +166,36 @@ fn verify_cache(conn: &dyn Db, state: &AccountState) -> Result<(), StoreError> {
 #[cfg(not(debug_assertions))]
 fn verify_cache(_: &dyn Db, _: &AccountState) -> Result<(), StoreError> {
     Ok(())
+}
+
+/// Attempts a job alone gets after its batch failed as a whole.
+const ALONE_ATTEMPTS: usize = 3;
+
+/// What became of one attempt at a batch.
+enum Attempt {
+    /// Every job was answered.
+    Answered,
+    /// The batch was not committed and nobody was answered; `retry`: the
+    /// failure was not the commands' own (see [`WriterDb::retry_may_succeed`]).
+    Failed { jobs: Vec<Job>, error: StoreError, retry: bool },
+}
+
+/// Answers every job with `error`.
+fn fail_all(jobs: Vec<Job>, error: &StoreError) {
+    for job in jobs {
+        if let Some(reply) = job.reply {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// `why` as an error of the same kind as `e`: an unreachable database
+/// stays unavailable (worth retrying shortly), anything else is internal.
+fn same_kind(e: &StoreError, why: String) -> StoreError {
+    match e {
+        StoreError::Unavailable(_) => StoreError::Unavailable(why),
+        StoreError::Refused(_) | StoreError::Internal(_) => StoreError::Internal(why),
+    }
 }
 
 /// Why the writer's wait for a command ended without one.
@@ -317,35 +348,82 @@ impl<C: WriterDb> Writer<C> {
     /// committed. If the transaction fails as a whole (an error only the
     /// commit or the database itself reports), the batch is rolled back and
     /// each job runs again alone, so that one bad command cannot fail the
-    /// others and the one that fails is answered with its own error.
+    /// others and the one that fails is answered with its own error. A job
+    /// alone runs again (at most [`ALONE_ATTEMPTS`] times) while its failure
+    /// was not its own: another writer's conflicting transaction (a unique
+    /// key, a deadlock) or a connection lost before COMMIT. A batch whose
+    /// commit has an unknown outcome (its answer lost, the database not
+    /// there to ask) never runs again: it may have been committed.
     pub fn run_batch(&mut self, jobs: Vec<Job>) {
         let alone = jobs.len() == 1;
-        if let Err(jobs) = self.try_batch(jobs) {
-            if alone {
-                return;
-            }
-            for job in jobs {
-                // The failed attempt answered nobody; `try_batch` of one job always answers.
-                let _ = self.try_batch(vec![job]);
-            }
+        let Attempt::Failed { jobs, error, retry } = self.try_batch(jobs) else { return };
+        if alone && !retry {
+            fail_all(jobs, &error);
+            return;
+        }
+        for job in jobs {
+            self.run_alone(job, if alone { ALONE_ATTEMPTS - 1 } else { ALONE_ATTEMPTS });
         }
     }
 
-    /// One attempt at a batch. `Err(jobs)` (unanswered) when the batch as a
-    /// whole failed and has more than one job; a single job is always answered.
-    fn try_batch(&mut self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
-        let started = Instant::now();
-        let n = jobs.len();
-        let fail_all = |jobs: Vec<Job>, why: String| {
-            for job in jobs {
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(StoreError::Internal(why.clone())));
-                }
+    /// One job in a batch of its own, `attempts` times at most.
+    fn run_alone(&mut self, mut job: Job, attempts: usize) {
+        for attempt in 1..=attempts {
+            let Attempt::Failed { mut jobs, error, retry } = self.try_batch(vec![job]) else { return };
+            let Some(again) = jobs.pop() else { return };
+            if !retry || attempt == attempts {
+                fail_all(vec![again], &error);
+                return;
             }
-        };
-        let mut accounts: Vec<&str> = jobs.iter().filter_map(|job| job.command.account_id()).collect();
+            tracing::info!(error = %error, attempt, "a command runs again after a conflict or a lost connection");
+            if matches!(error, StoreError::Unavailable(_)) {
+                std::thread::sleep(Duration::from_millis(50 * attempt as u64));
+            }
+            job = again;
+        }
+    }
+
+    /// The accounts the commands of a batch will lock, sorted and without
+    /// duplicates: those they name, and those their webhook events name
+    /// (a refund's account is its payment's, recorded earlier), so that a
+    /// batch locks every account it will touch at its start, in one order
+    /// for all writers: no two batches wait for each other in a circle.
+    fn batch_accounts(&self, jobs: &[Job]) -> Vec<String> {
+        let mut accounts: Vec<String> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match &job.command {
+                Command::WebhookEvent { event } => match &event.action {
+                    WebhookAction::Topup { account_id, .. }
+                    | WebhookAction::Pack { account_id, .. }
+                    | WebhookAction::Subscribe { account_id, .. }
+                    | WebhookAction::CancelSubscription { account_id } => accounts.push(account_id.clone()),
+                    WebhookAction::Refund { payment_ids, .. } => {
+                        // A payment's account never changes: looked up
+                        // before the batch, it is locked with the others.
+                        for id in payment_ids {
+                            if let Ok(Some(payment)) = super::payments::payment_by_id(&self.conn, &event.provider, id) {
+                                accounts.push(payment.account_id);
+                                break;
+                            }
+                        }
+                    }
+                    WebhookAction::Record { .. } => {}
+                },
+                other => accounts.extend(other.account_id().map(str::to_string)),
+            }
+        }
         accounts.sort_unstable();
         accounts.dedup();
+        accounts
+    }
+
+    /// One attempt at a batch: every job answered, or (the batch not
+    /// committed) none, and whether running them again may succeed.
+    fn try_batch(&mut self, jobs: Vec<Job>) -> Attempt {
+        let started = Instant::now();
+        let n = jobs.len();
+        let owned = self.batch_accounts(&jobs);
+        let accounts: Vec<&str> = owned.iter().map(String::as_str).collect();
         let requests: Vec<(&str, &str)> = jobs.iter().filter_map(|job| job.command.request()).collect();
         self.unseen.clear();
         self.preloaded.clear();
@@ -372,25 +450,29 @@ impl<C: WriterDb> Writer<C> {
             self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "the writer could not begin a transaction");
             self.conn.rollback_batch();
-            fail_all(jobs, format!("could not begin a transaction: {e}"));
-            return Ok(());
+            self.reset();
+            fail_all(jobs, &same_kind(&e, format!("could not begin a transaction: {e}")));
+            return Attempt::Answered;
         }
         let mut results = Vec::with_capacity(n);
-        let mut broken = false;
+        let mut broken = None;
         for job in &jobs {
-            if broken {
-                break;
-            }
             let background = job.reply.is_none();
             let result = self.run_one(job.command.clone(), job.idempotent.as_ref(), background);
-            broken = self.conn.transaction_lost();
+            if self.conn.transaction_lost() {
+                let why = match &result {
+                    Err(e) => e.clone(),
+                    Ok(_) => StoreError::Internal("the transaction was rolled back by the database".into()),
+                };
+                broken = Some(why);
+                break;
+            }
             results.push(result);
         }
         let commit_started = Instant::now();
-        let committed = if broken {
-            Err(StoreError::Internal("the transaction was rolled back by the database".into()))
-        } else {
-            self.conn.commit_batch()
+        let committed = match broken {
+            Some(e) => Err(e),
+            None => self.conn.commit_batch(),
         };
         metrics::histogram!("creditd_writer_commit_seconds").record(commit_started.elapsed().as_secs_f64());
         metrics::histogram!("creditd_writer_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -404,18 +486,22 @@ impl<C: WriterDb> Writer<C> {
                         let _ = reply.send(result);
                     }
                 }
-                Ok(())
+                Attempt::Answered
             }
             Err(e) => {
                 self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, commands = n, "a writer batch failed to commit");
+                let retry = self.conn.retry_may_succeed();
                 self.conn.rollback_batch();
                 self.reset();
-                if n > 1 {
-                    return Err(jobs);
+                if e.outcome_unknown() {
+                    // The commit's outcome is unknown: it may have been
+                    // committed, so nothing runs again.
+                    fail_all(jobs, &e);
+                    return Attempt::Answered;
                 }
-                fail_all(jobs, format!("the write may not have been applied: {e}"));
-                Ok(())
+                let error = same_kind(&e, format!("the write was not applied: {e}"));
+                Attempt::Failed { jobs, error, retry }
             }
         }
     }
@@ -841,6 +927,7 @@ impl<C: WriterDb> Writer<C> {
                 Ok((Reply::Recorded(engine::Recorded { record: refunded, replay: false }), account(state)))
             }
             Command::WebhookEvent { event } => self.webhook_event(event, background),
+            Command::Ping => Ok((Reply::Swept, Pending::Nothing)),
         }
     }
 }
