@@ -577,9 +577,9 @@ impl PgConn {
     /// Begins the transaction, locks the accounts, and notes the
     /// transaction's id (see [`WriterDb::begin_batch`]).
     fn try_begin(&self, accounts: &[&str], requests: &[(&str, &str)]) -> Result<Begun, StoreError> {
+        self.failure.set(Failure::None);
         self.ensure_connected()?;
         self.failed.set(false);
-        self.failure.set(Failure::None);
         self.xact.set(None);
         self.locked.borrow_mut().clear();
         self.savepoints.borrow_mut().clear();

@@ -113,3 +113,136 @@ fn a_lost_commit_acknowledgement_is_not_applied_twice() {
     let expected = [("adjustment".to_string(), 1), ("grant".to_string(), 3), ("topup".to_string(), 2)];
     assert_eq!(entries(&db), expected);
 }
+
+/// Runs each batch on a writer of its own, all at once (as several
+/// instances would), and gives their answers in order.
+fn race(url: &str, batches: Vec<Vec<Command>>) -> Vec<Vec<Result<Reply, StoreError>>> {
+    let barrier = Arc::new(std::sync::Barrier::new(batches.len()));
+    let threads: Vec<_> = batches
+        .into_iter()
+        .map(|commands| {
+            let mut w = writer(url);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                run(&mut w, commands)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("writer thread")).collect()
+}
+
+fn migrated() -> PgDatabase {
+    let db = PgDatabase::create();
+    schema::migrate(&PgConn::connect(db.url()).expect("connect")).expect("migrate");
+    db
+}
+
+fn create(id: &str) -> Command {
+    Command::CreateAccount { id: id.into(), email: None, metadata: None }
+}
+
+/// Issue 19, item 4: the same account created on three instances at once
+/// gave 500s: the losers' batches, of one command, failed on the unique key
+/// and were not run again. Now they run again, and find the account: 409.
+#[test]
+fn racing_creates_of_one_account_answer_conflict_not_500() {
+    let db = migrated();
+    for round in 0..5 {
+        let id = format!("acct-{round}");
+        let answers = race(db.url(), vec![vec![create(&id)], vec![create(&id)], vec![create(&id)]]);
+        let created = answers.iter().filter(|a| matches!(a[0], Ok(Reply::Account(_)))).count();
+        let conflicts = answers
+            .iter()
+            .filter(|a| matches!(a[0], Err(StoreError::Refused(creditd_core::engine::Refusal::Conflict(_)))))
+            .count();
+        assert_eq!((created, conflicts), (1, 2), "round {round}: {answers:?}");
+    }
+}
+
+fn topup_event(account: &str, event_id: &str, payment_id: &str) -> Command {
+    Command::WebhookEvent {
+        event: crate::WebhookEventIn {
+            provider: "creem".into(),
+            event_id: Some(event_id.into()),
+            event_type: Some("checkout.completed".into()),
+            account_id: Some(account.into()),
+            body: b"{}".to_vec(),
+            action: crate::WebhookAction::Topup {
+                account_id: account.into(),
+                amount_usd: Usd::whole(20),
+                payment_id: payment_id.into(),
+            },
+        },
+    }
+}
+
+fn webhook_status(answer: &Result<Reply, StoreError>) -> Option<crate::WebhookStatus> {
+    match answer {
+        Ok(Reply::WebhookEvent(e)) => Some(e.status),
+        _ => None,
+    }
+}
+
+/// Issue 19, item 4: one payment delivered to three instances at once (the
+/// same event, and the same payment under another event id). The payment
+/// checks ran before the account was locked, so a loser that raced past
+/// them was recorded `ignored` (or failed); now every account a batch
+/// touches is locked first, and the losers are `duplicate`.
+#[test]
+fn racing_webhook_deliveries_answer_duplicate_not_ignored() {
+    use crate::WebhookStatus::{Applied, Duplicate};
+    let db = migrated();
+    let mut w = writer(db.url());
+    assert!(run(&mut w, vec![create("a")])[0].is_ok());
+    for round in 0..5 {
+        let (event, payment) = (format!("evt-{round}"), format!("pay-{round}"));
+        let answers = race(
+            db.url(),
+            vec![
+                vec![topup_event("a", &event, &payment)],
+                vec![topup_event("a", &event, &payment)],
+                vec![topup_event("a", &format!("{event}-again"), &payment)],
+            ],
+        );
+        let mut statuses: Vec<_> = answers.iter().map(|a| webhook_status(&a[0])).collect();
+        statuses.sort_by_key(|s| s.map(|s| s.as_str()));
+        assert_eq!(statuses, [Some(Applied), Some(Duplicate), Some(Duplicate)], "round {round}: {answers:?}");
+    }
+    let conn = PgConn::connect(db.url()).expect("connect");
+    let wallet: i64 =
+        conn.query_one("SELECT wallet_balance FROM accounts WHERE id = 'a'", params![], |r| r.get(0)).expect("wallet");
+    assert_eq!(wallet, Credits::whole(5 * 2000).units());
+}
+
+/// Issue 19, item 5: a webhook locked its account in the middle of its
+/// batch, outside the id order in which batches lock their accounts: a
+/// batch holding `c` and waiting for `a` (the webhook's) deadlocked with one
+/// holding `a` and waiting for `c`, and the victim got 500 after a second.
+/// Now a batch locks every account it will touch, in order, at its start.
+#[test]
+fn webhooks_lock_their_account_in_order_no_deadlock() {
+    let db = migrated();
+    let mut w = writer(db.url());
+    let created = run(&mut w, vec![create("a"), create("c")]);
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let grant_to = |account: &str| {
+        let Command::Grant { grant, .. } = grant(1) else { unreachable!() };
+        Command::Grant { account_id: account.into(), grant }
+    };
+    let started = std::time::Instant::now();
+    for round in 0..10 {
+        let answers = race(
+            db.url(),
+            vec![
+                vec![grant_to("c"), topup_event("a", &format!("e{round}"), &format!("p{round}"))],
+                vec![grant_to("a"), grant_to("c")],
+            ],
+        );
+        for answer in answers.iter().flatten() {
+            assert!(answer.is_ok(), "round {round}: {answer:?}");
+        }
+    }
+    // A deadlock costs a second (PostgreSQL's deadlock_timeout) before its victim is chosen.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+}

@@ -449,9 +449,16 @@ impl<C: WriterDb> Writer<C> {
         if let Err(e) = begun {
             self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "the writer could not begin a transaction");
+            let retry = self.conn.retry_may_succeed();
             self.conn.rollback_batch();
             self.reset();
-            fail_all(jobs, &same_kind(&e, format!("could not begin a transaction: {e}")));
+            let error = same_kind(&e, format!("could not begin a transaction: {e}"));
+            if retry {
+                // A deadlock victim, a connection lost and found again:
+                // nothing was done, so the batch may run again.
+                return Attempt::Failed { jobs, error, retry };
+            }
+            fail_all(jobs, &error);
             return Attempt::Answered;
         }
         let mut results = Vec::with_capacity(n);
