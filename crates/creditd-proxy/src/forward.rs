@@ -511,6 +511,13 @@ impl Exchange {
         // Drop the provider's connection before settling: a disconnected
         // client's answer stops being generated (and paid for) now.
         drop(upstream);
+        if let StreamEnd::Failed(why) = &end {
+            tracing::warn!(request_id = %self.request_id, error = %why, "upstream failed mid-stream");
+            // Cut the client's stream short: it must not look complete.
+            let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
+        }
+        // End the client's body before settling: the settle is not the client's wait.
+        drop(tx);
         let finished = matches!(decoder.terminal(), Some(Terminal::Completed | Terminal::Incomplete));
         match end {
             StreamEnd::Closed if finished => match decoder.usage().filter(|_| decoder.usage_final()) {
@@ -532,11 +539,6 @@ impl Exchange {
                 self.settle(RequestStatus::Cancelled, usage, Ending::ClientDisconnected, estimated).await;
             }
             StreamEnd::Closed | StreamEnd::Failed(_) => {
-                if let StreamEnd::Failed(why) = &end {
-                    tracing::warn!(request_id = %self.request_id, error = %why, "upstream failed mid-stream");
-                    // Cut the client's stream short: it must not look complete.
-                    let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
-                }
                 let (usage, estimated) = self.delivered(&decoder);
                 self.settle(RequestStatus::Cancelled, usage, Ending::UpstreamError, estimated).await;
             }

@@ -37,6 +37,7 @@ on_both_backends!(
     a_client_that_disconnects_is_charged_what_was_delivered,
     an_upstream_refusal_releases_the_hold,
     refusals_come_in_the_providers_shape_and_nothing_goes_upstream,
+    proxy_keys_are_created_listed_used_and_revoked,
 );
 
 fn chat_body(model: &str, text: &str, stream: bool) -> Value {
@@ -317,4 +318,60 @@ async fn refusals_come_in_the_providers_shape_and_nothing_goes_upstream(backend:
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["type"], "authentication_error");
     assert!(h.standin.seen().is_empty(), "no byte went upstream");
     assert!(h.records().await.is_empty());
+}
+
+async fn proxy_keys_are_created_listed_used_and_revoked(backend: Backend) {
+    let h = Harness::start(backend, "10").await;
+    let path = format!("/v1/accounts/{ACCOUNT}/proxy-keys");
+    let (status, created) = h.admin("POST", &path, Some(json!({"name": "laptop"}))).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with(&format!("cp_{id}_")), "{secret}");
+    assert_eq!(created["account_id"], ACCOUNT);
+    assert_eq!(created["last_used_at"], Value::Null);
+    let (status, _) = h.admin("POST", "/v1/accounts/nobody/proxy-keys", Some(json!({}))).await;
+    assert_eq!(status, 404);
+
+    // The key works as an SDK's API key, both ways of sending it.
+    for anthropic in [false, true] {
+        let (path, body) = if anthropic {
+            ("/anthropic/v1/messages", messages_body(CLAUDE, "hi", false))
+        } else {
+            ("/openai/v1/chat/completions", chat_body(GPT, "hi", false))
+        };
+        let request = h.http.post(h.proxy_url(path)).json(&body);
+        let request = if anthropic { request.header("x-api-key", &secret) } else { request.bearer_auth(&secret) };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        h.wait_record(&request_id(&response)).await;
+    }
+    // Its use is recorded (in the background, at most once a minute).
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        let (status, list) = h.admin("GET", &path, None).await;
+        assert_eq!(status, 200);
+        listed = list["data"][0].clone();
+        if listed["last_used_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed["id"], id.as_str());
+    assert!(listed["last_used_at"].is_string(), "{listed}");
+    assert!(listed.get("secret").is_none(), "no secret in lists");
+
+    // Revoked: refused at once, still listed.
+    let (status, _) = h.admin("DELETE", &format!("{path}/{id}"), None).await;
+    assert_eq!(status, 204);
+    let response =
+        h.http.post(h.proxy_url("/openai/v1/chat/completions")).bearer_auth(&secret).json(&chat_body(GPT, "hi", false));
+    let response = response.send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["type"], "authentication_error");
+    let (_, list) = h.admin("GET", &path, None).await;
+    assert!(list["data"][0]["revoked_at"].is_string());
+    let (status, _) = h.admin("DELETE", &format!("{path}/nope"), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.records().await.len(), 2);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use creditd_store::{AccountToken, ApiKey, Command, Reply, Role, Store, StoreError};
+use creditd_store::{AccountToken, ApiKey, Command, ProxyKey, Reply, Role, Store, StoreError};
 use jiff::Timestamp;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -24,6 +24,9 @@ use crate::state::AppState;
 
 const KEY_PREFIX: &str = "ck_";
 const TOKEN_PREFIX: &str = "ct_";
+const PROXY_KEY_PREFIX: &str = "cp_";
+/// A proxy key's `last_used_at` is written at most this often per key and instance.
+const PROXY_KEY_TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// How long a verified key is trusted without asking the store again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Keys cached at most; the cache is emptied when full.
@@ -214,12 +217,107 @@ impl AppState {
     }
 }
 
-/// The account a metering-proxy request is made for: its account token
-/// (`ct_…`), the only secrets the proxy accepts from clients.
+/// A new metering-proxy key of `account_id` (to be stored) and its secret.
+pub(crate) fn new_proxy_key(account_id: &str, name: &str, now: Timestamp) -> (ProxyKey, String) {
+    let id = new_id();
+    let secret = format!("{PROXY_KEY_PREFIX}{id}_{}", random_hex());
+    let key = ProxyKey {
+        id,
+        account_id: account_id.to_string(),
+        name: name.to_string(),
+        secret_hash: hash_secret(&secret),
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    (key, secret)
+}
+
+/// Verified proxy keys, by id, like [`KeyCache`]; and when this instance
+/// last wrote each key's `last_used_at`.
+#[derive(Default)]
+pub(crate) struct ProxyKeyCache {
+    inner: Mutex<ProxyKeyCacheInner>,
+}
+
+#[derive(Default)]
+struct ProxyKeyCacheInner {
+    entries: HashMap<String, (ProxyKey, Instant)>,
+    touched: HashMap<String, Instant>,
+    generation: u64,
+}
+
+impl ProxyKeyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProxyKeyCacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn evict(&self, id: &str) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.remove(id);
+    }
+
+    /// Whether this use should be written (the first in a minute).
+    fn touch(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.touched.get(id).is_some_and(|at| at.elapsed() < PROXY_KEY_TOUCH_EVERY) {
+            return false;
+        }
+        if inner.touched.len() >= KEY_CACHE_MAX {
+            inner.touched.clear();
+        }
+        inner.touched.insert(id.to_string(), Instant::now());
+        true
+    }
+}
+
+/// The account a metering-proxy request is made for: a proxy key (`cp_…`)
+/// that is not revoked, or an account token (`ct_…`) that has not expired.
 pub async fn proxy_account(state: &AppState, secret: &str) -> ApiResult<String> {
     let bad = || ApiError::unauthorized("the key is not valid");
     if secret.is_empty() || secret.len() > 512 {
         return Err(bad());
+    }
+    if let Some(id) = secret_id(secret, PROXY_KEY_PREFIX) {
+        let cache = &state.proxy_keys;
+        let cached = {
+            let inner = cache.lock();
+            inner.entries.get(id).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(key, _)| key.clone())
+        };
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let generation = cache.lock().generation;
+                let key = state.store.proxy_key(id).await?.ok_or_else(bad)?;
+                if hashes_match(secret, &key.secret_hash) {
+                    let mut inner = cache.lock();
+                    if inner.generation == generation {
+                        if inner.entries.len() >= KEY_CACHE_MAX {
+                            inner.entries.clear();
+                        }
+                        inner.entries.insert(key.id.clone(), (key.clone(), Instant::now()));
+                    }
+                }
+                key
+            }
+        };
+        if !hashes_match(secret, &key.secret_hash) {
+            return Err(bad());
+        }
+        if key.revoked_at.is_some() {
+            return Err(ApiError::unauthorized("the proxy key has been revoked"));
+        }
+        if cache.touch(&key.id) {
+            let store = state.store.clone();
+            let command = Command::TouchProxyKey { id: key.id.clone(), at: state.clock.now() };
+            tokio::spawn(async move {
+                if let Err(e) = store.execute(command, None).await {
+                    tracing::warn!(error = %e, "cannot record a proxy key's use");
+                }
+            });
+        }
+        return Ok(key.account_id);
     }
     if let Some(id) = secret_id(secret, TOKEN_PREFIX) {
         let token = state.store.account_token(id).await?.ok_or_else(bad)?;
@@ -266,6 +364,23 @@ pub async fn create_key(store: &dyn Store, role: Role, name: &str) -> Result<(Ap
         Reply::Key(key) => Ok((key, secret)),
         other => Err(StoreError::Internal(format!(
             "unexpected reply to CreateKey: {}",
+            crate::idempotency::reply_name(&other)
+        ))),
+    }
+}
+
+/// Creates a metering-proxy key of `account_id` through the store and
+/// returns it with its secret (shown once); for the CLI.
+pub async fn create_proxy_key(
+    store: &dyn Store,
+    account_id: &str,
+    name: &str,
+) -> Result<(ProxyKey, String), StoreError> {
+    let (key, secret) = new_proxy_key(account_id, name, Timestamp::now());
+    match store.execute(Command::CreateProxyKey { key }, None).await? {
+        Reply::ProxyKey(key) => Ok((key, secret)),
+        other => Err(StoreError::Internal(format!(
+            "unexpected reply to CreateProxyKey: {}",
             crate::idempotency::reply_name(&other)
         ))),
     }

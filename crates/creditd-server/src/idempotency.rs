@@ -38,6 +38,8 @@ pub fn reply_name(reply: &Reply) -> &'static str {
         Reply::Plan(_) => "Plan",
         Reply::Subscription(_) => "Subscription",
         Reply::WebhookEvent(_) => "WebhookEvent",
+        Reply::ProxyKey(_) => "ProxyKey",
+        Reply::Touched => "Touched",
         Reply::Replayed(_) => "Replayed",
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use creditd_store::{Clock, ManualClock, Store};
 
 use crate::ServerConfig;
-use crate::auth::KeyCache;
+use crate::auth::{KeyCache, ProxyKeyCache};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -17,6 +17,7 @@ pub struct Inner {
     pub test_clock: Option<Arc<ManualClock>>,
     pub config: ServerConfig,
     pub(crate) keys: KeyCache,
+    pub(crate) proxy_keys: ProxyKeyCache,
 }
 
 impl AppState {
@@ -26,7 +27,14 @@ impl AppState {
         test_clock: Option<Arc<ManualClock>>,
         config: ServerConfig,
     ) -> Self {
-        AppState(Arc::new(Inner { store, clock, test_clock, config, keys: KeyCache::default() }))
+        AppState(Arc::new(Inner {
+            store,
+            clock,
+            test_clock,
+            config,
+            keys: KeyCache::default(),
+            proxy_keys: ProxyKeyCache::default(),
+        }))
     }
 }
 

@@ -140,6 +140,20 @@ pub struct AccountToken {
     pub created_at: Timestamp,
 }
 
+/// A metering-proxy key: bound to one account, used by SDKs as their API
+/// key. Only a hash of its secret is stored; revoked keys stay listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyKey {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    /// To the minute at best: the proxy writes it at most once a minute per key.
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
 /// The request half of an authorize; the writer adds the model's price.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthorizeRequest {
@@ -265,6 +279,20 @@ pub enum Command {
     WebhookEvent {
         event: WebhookEventIn,
     },
+    // Metering-proxy keys.
+    CreateProxyKey {
+        key: ProxyKey,
+    },
+    /// Revokes a key of the account (`not_found` for another account's).
+    RevokeProxyKey {
+        account_id: String,
+        id: String,
+    },
+    /// Sets a key's `last_used_at` (never moves it back).
+    TouchProxyKey {
+        id: String,
+        at: Timestamp,
+    },
 }
 
 impl Command {
@@ -288,13 +316,16 @@ impl Command {
             | Command::CancelSubscription { account_id }
             | Command::RefundUsage { account_id, .. } => Some(account_id),
             Command::CreateAccountToken { token } => Some(&token.account_id),
+            Command::CreateProxyKey { key } => Some(&key.account_id),
+            Command::RevokeProxyKey { account_id, .. } => Some(account_id),
             Command::CreateAccount { .. }
             | Command::PutModel { .. }
             | Command::CreateKey { .. }
             | Command::DeleteKey { .. }
             | Command::PutPlan { .. }
             | Command::Ping
-            | Command::WebhookEvent { .. } => None,
+            | Command::WebhookEvent { .. }
+            | Command::TouchProxyKey { .. } => None,
         }
     }
 }
@@ -340,6 +371,10 @@ pub enum Reply {
     Subscription(SubscriptionChange),
     /// A webhook event as recorded (its status says what was done).
     WebhookEvent(WebhookEvent),
+    /// A proxy key as created or revoked.
+    ProxyKey(ProxyKey),
+    /// A proxy key's use was recorded.
+    Touched,
     /// An `Idempotency-Key` seen before with the same body: the first answer.
     Replayed(StoredResponse),
 }
@@ -666,6 +701,9 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
     async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
     async fn account_token(&self, id: &str) -> Result<Option<AccountToken>, StoreError>;
+    async fn proxy_key(&self, id: &str) -> Result<Option<ProxyKey>, StoreError>;
+    /// The account's proxy keys, revoked ones included, oldest first.
+    async fn proxy_keys(&self, account_id: &str) -> Result<Vec<ProxyKey>, StoreError>;
 
     /// Webhook events newest first.
     async fn webhook_events(&self, filter: WebhookEventFilter, page: Page) -> Result<Paged<WebhookEvent>, StoreError>;

@@ -33,6 +33,45 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manages an account's metering-proxy keys (docs/proxy.md).
+    ProxyKeys {
+        #[command(subcommand)]
+        command: ProxyKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyKeysCommand {
+    /// Creates a proxy key of the account and prints its secret, once.
+    Create {
+        #[command(flatten)]
+        args: ProxyKeysArgs,
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lists the account's proxy keys (revoked ones too), without secrets.
+    List {
+        #[command(flatten)]
+        args: ProxyKeysArgs,
+    },
+    /// Revokes one of the account's proxy keys, at once.
+    Revoke {
+        #[command(flatten)]
+        args: ProxyKeysArgs,
+        /// The key's id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyKeysArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The account.
+    #[arg(long)]
+    pub account: String,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod export;
 pub mod net;
+pub mod proxy_keys;
 pub mod serve;
 
 use std::fmt;
@@ -74,6 +75,7 @@ pub fn run() -> ExitCode {
                 Command::Audit(args) => commands::audit(&args).await,
                 Command::Export(args) => export::export(&args).await,
                 Command::Keys { command: KeysCommand::Create(args) } => commands::create_key(&args).await,
+                Command::ProxyKeys { command } => proxy_keys::run(&command).await,
             }
         }),
         Err(e) => Err(Failure::runtime(format!("cannot start the async runtime: {e}"))),

@@ -10,6 +10,7 @@ mod grant;
 mod metering;
 mod model;
 mod plan;
+mod proxy_key;
 mod usage;
 mod webhook;
 
@@ -19,5 +20,6 @@ pub use grant::*;
 pub use metering::*;
 pub use model::*;
 pub use plan::*;
+pub use proxy_key::*;
 pub use usage::*;
 pub use webhook::*;

@@ -9,6 +9,7 @@ mod metering;
 mod models;
 mod ops;
 mod plans;
+mod proxy_keys;
 mod subscriptions;
 mod usage;
 mod wallet;
@@ -85,6 +86,9 @@ pub fn table() -> Vec<RouteDef> {
         route("GET", "/v1/webhook-events", get(webhooks::list)),
         route("POST", "/webhooks/creem", post(webhooks::creem)),
         route("POST", "/webhooks/nowpayments", post(webhooks::nowpayments)),
+        route("POST", "/v1/accounts/{id}/proxy-keys", post(proxy_keys::create)),
+        route("GET", "/v1/accounts/{id}/proxy-keys", get(proxy_keys::list)),
+        route("DELETE", "/v1/accounts/{id}/proxy-keys/{key}", delete(proxy_keys::revoke)),
     ]
 }
 

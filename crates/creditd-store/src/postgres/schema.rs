@@ -10,7 +10,7 @@ use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -316,6 +316,21 @@ ALTER TABLE subscriptions ADD COLUMN price_usd BIGINT;
 ALTER TABLE subscriptions ADD COLUMN budget_usd BIGINT;
 ALTER TABLE subscriptions ADD COLUMN renewal_price_usd BIGINT;
 ALTER TABLE payments ADD COLUMN prorated_credits BIGINT NOT NULL DEFAULT 0;
+"#;
+
+/// The metering proxy's keys (`docs/proxy.md`). No foreign key, as V2: the
+/// writer checks the account while it holds it.
+const V4_PROXY_KEYS: &str = r#"
+CREATE TABLE proxy_keys (
+    id           TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    account_id   TEXT COLLATE "C" NOT NULL,
+    name         TEXT COLLATE "C" NOT NULL,
+    secret_hash  TEXT COLLATE "C" NOT NULL,
+    created_at   BIGINT NOT NULL,
+    last_used_at BIGINT,
+    revoked_at   BIGINT
+);
+CREATE INDEX proxy_keys_by_account ON proxy_keys(account_id, created_at);
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

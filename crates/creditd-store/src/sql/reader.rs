@@ -180,6 +180,22 @@ pub fn keys(conn: &dyn Db) -> Result<Vec<crate::ApiKey>, StoreError> {
     conn.query_vec(&format!("SELECT {} FROM api_keys ORDER BY created_at, id", rows::KEY_COLUMNS), params![], rows::key)
 }
 
+pub fn proxy_key(conn: &dyn Db, id: &str) -> Result<Option<crate::ProxyKey>, StoreError> {
+    conn.query_opt(
+        &format!("SELECT {} FROM proxy_keys WHERE id = ?1", rows::PROXY_KEY_COLUMNS),
+        params![id],
+        rows::proxy_key,
+    )
+}
+
+pub fn proxy_keys(conn: &dyn Db, account_id: &str) -> Result<Vec<crate::ProxyKey>, StoreError> {
+    conn.query_vec(
+        &format!("SELECT {} FROM proxy_keys WHERE account_id = ?1 ORDER BY created_at, id", rows::PROXY_KEY_COLUMNS),
+        params![account_id],
+        rows::proxy_key,
+    )
+}
+
 pub fn account_token(conn: &dyn Db, id: &str) -> Result<Option<crate::AccountToken>, StoreError> {
     conn.query_opt(
         &format!("SELECT {} FROM account_tokens WHERE id = ?1", rows::TOKEN_COLUMNS),

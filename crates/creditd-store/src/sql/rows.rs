@@ -231,6 +231,20 @@ pub fn token(row: &dyn Row) -> Result<AccountToken, StoreError> {
     })
 }
 
+pub const PROXY_KEY_COLUMNS: &str = "id, account_id, name, secret_hash, created_at, last_used_at, revoked_at";
+
+pub fn proxy_key(row: &dyn Row) -> Result<crate::ProxyKey, StoreError> {
+    Ok(crate::ProxyKey {
+        id: row.get(0)?,
+        account_id: row.get(1)?,
+        name: row.get(2)?,
+        secret_hash: row.get(3)?,
+        created_at: ts(row, 4)?,
+        last_used_at: ts_opt(row, 5)?,
+        revoked_at: ts_opt(row, 6)?,
+    })
+}
+
 pub const SUBSCRIPTION_COLUMNS: &str = "id, account_id, plan_id, kind, status, cancel_at_period_end, anchor, \
      period, period_start, period_end, paid_through, budget_used_usd, main_amount, backup_amount, grace_ends_at, \
      external_id, created_at, ended_at, price_usd, budget_usd, renewal_price_usd";

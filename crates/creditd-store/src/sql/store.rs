@@ -410,6 +410,16 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
         self.read(move |conn| reader::account_token(conn, &id)).await
     }
 
+    async fn proxy_key(&self, id: &str) -> Result<Option<crate::ProxyKey>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| reader::proxy_key(conn, &id)).await
+    }
+
+    async fn proxy_keys(&self, account_id: &str) -> Result<Vec<crate::ProxyKey>, StoreError> {
+        let account_id = account_id.to_string();
+        self.read(move |conn| reader::proxy_keys(conn, &account_id)).await
+    }
+
     async fn webhook_events(
         &self,
         filter: crate::WebhookEventFilter,

@@ -777,6 +777,51 @@ impl<C: WriterDb> Writer<C> {
                 )?;
                 Ok((Reply::Token(token), Pending::Nothing))
             }
+            Command::CreateProxyKey { mut key } => {
+                if !self.account_exists(&key.account_id)? {
+                    return Err(not_found_account(&key.account_id));
+                }
+                if self.conn.exists("SELECT 1 FROM proxy_keys WHERE id = ?1", params![key.id])? {
+                    return Err(Refusal::Conflict(format!("proxy key {:?} already exists", key.id)).into());
+                }
+                key.created_at = truncate(key.created_at);
+                self.conn.write(
+                    &format!(
+                        "INSERT INTO proxy_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL)",
+                        rows::PROXY_KEY_COLUMNS
+                    ),
+                    params![key.id, key.account_id, key.name, key.secret_hash, codec::micros(key.created_at)],
+                )?;
+                key.last_used_at = None;
+                key.revoked_at = None;
+                Ok((Reply::ProxyKey(key), Pending::Nothing))
+            }
+            Command::RevokeProxyKey { account_id, id } => {
+                let now = codec::micros(self.now());
+                self.conn.execute(
+                    "UPDATE proxy_keys SET revoked_at = ?3 WHERE id = ?1 AND account_id = ?2 AND revoked_at IS NULL",
+                    params![id, account_id, now],
+                )?;
+                let key = self
+                    .conn
+                    .query_opt(
+                        &format!(
+                            "SELECT {} FROM proxy_keys WHERE id = ?1 AND account_id = ?2",
+                            rows::PROXY_KEY_COLUMNS
+                        ),
+                        params![id, account_id],
+                        rows::proxy_key,
+                    )?
+                    .ok_or_else(|| Refusal::NotFound(format!("proxy key {id:?}")))?;
+                Ok((Reply::ProxyKey(key), Pending::Nothing))
+            }
+            Command::TouchProxyKey { id, at } => {
+                self.conn.execute(
+                    "UPDATE proxy_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    params![id, codec::micros(truncate(at))],
+                )?;
+                Ok((Reply::Touched, Pending::Nothing))
+            }
             Command::Grant { account_id, mut grant } => {
                 grant.starts_at = grant.starts_at.map(truncate);
                 grant.expires_at = grant.expires_at.map(truncate);

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Append only: a released migration is never edited, a change is a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6_PROXY_KEYS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -295,6 +295,20 @@ ALTER TABLE subscriptions ADD COLUMN price_usd INTEGER;
 ALTER TABLE subscriptions ADD COLUMN budget_usd INTEGER;
 ALTER TABLE subscriptions ADD COLUMN renewal_price_usd INTEGER;
 ALTER TABLE payments ADD COLUMN prorated_credits INTEGER NOT NULL DEFAULT 0;
+"#;
+
+/// The metering proxy's keys (`docs/proxy.md`).
+const V6_PROXY_KEYS: &str = r#"
+CREATE TABLE proxy_keys (
+    id           TEXT PRIMARY KEY NOT NULL,
+    account_id   TEXT NOT NULL REFERENCES accounts(id),
+    name         TEXT NOT NULL,
+    secret_hash  TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    last_used_at INTEGER,
+    revoked_at   INTEGER
+);
+CREATE INDEX proxy_keys_by_account ON proxy_keys(account_id, created_at);
 "#;
 
 /// The newest schema version this build knows.
