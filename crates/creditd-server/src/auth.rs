@@ -77,7 +77,7 @@ fn hashes_match(secret: &str, stored_hash: &str) -> bool {
     presented.as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
@@ -172,6 +172,11 @@ impl KeyCache {
 }
 
 impl AppState {
+    /// Who a secret (API key, admin key, account token) belongs to.
+    pub(crate) async fn authenticate_secret(&self, secret: &str) -> ApiResult<Caller> {
+        self.authenticate(secret).await
+    }
+
     async fn authenticate(&self, secret: &str) -> ApiResult<Caller> {
         let bad = || ApiError::unauthorized("the key is not valid");
         if let Some(admin) = &self.config.admin_key {

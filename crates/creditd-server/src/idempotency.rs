@@ -28,6 +28,7 @@ pub fn reply_name(reply: &Reply) -> &'static str {
         Reply::Model(_) => "Model",
         Reply::Key(_) => "Key",
         Reply::Token(_) => "Token",
+        Reply::Session(_) => "Session",
         Reply::Deleted => "Deleted",
         Reply::Grant(_) => "Grant",
         Reply::Wallet { .. } => "Wallet",

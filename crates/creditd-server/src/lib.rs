@@ -5,6 +5,7 @@
 //! serde types of the project) live in [`dto`].
 
 pub mod auth;
+pub mod dashboard;
 pub mod dto;
 pub mod error;
 pub mod export;
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     /// How long a request body may take to arrive (`None`: 30 seconds);
     /// slower is `408 request_timeout`.
     pub body_read_timeout: Option<std::time::Duration>,
+    /// The account dashboard (`/dashboard`).
+    pub dashboard: dashboard::DashboardConfig,
 }
 
 /// The API: a store, a clock and the configuration.

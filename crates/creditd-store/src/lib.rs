@@ -154,6 +154,20 @@ pub struct ProxyKey {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// A dashboard sign-in session, made from an account token. Only a hash of
+/// its secret is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardSession {
+    pub id: String,
+    pub account_id: String,
+    /// The account token it was signed in with.
+    pub token_id: String,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
 /// The request half of an authorize; the writer adds the model's price.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthorizeRequest {
@@ -193,6 +207,20 @@ pub enum Command {
     },
     CreateAccountToken {
         token: AccountToken,
+    },
+    // Dashboard sessions and token revocation (`sql/sessions.rs`).
+    CreateSession {
+        session: DashboardSession,
+    },
+    /// Revokes sessions of the account: one (`session_id`), or every one.
+    RevokeSessions {
+        account_id: String,
+        session_id: Option<String>,
+    },
+    /// Deletes an account token and revokes the sessions signed in with it.
+    RevokeAccountToken {
+        account_id: String,
+        token_id: String,
     },
     Grant {
         account_id: String,
@@ -325,7 +353,10 @@ impl Command {
             | Command::PutPlan { .. }
             | Command::Ping
             | Command::WebhookEvent { .. }
-            | Command::TouchProxyKey { .. } => None,
+            | Command::TouchProxyKey { .. }
+            | Command::CreateSession { .. }
+            | Command::RevokeSessions { .. }
+            | Command::RevokeAccountToken { .. } => None,
         }
     }
 }
@@ -355,6 +386,8 @@ pub enum Reply {
     Model(ModelVersion),
     Key(ApiKey),
     Token(AccountToken),
+    Session(DashboardSession),
+    /// Deleted or revoked.
     Deleted,
     Grant(Grant),
     Wallet {
@@ -704,6 +737,7 @@ pub trait Store: Send + Sync + 'static {
     async fn proxy_key(&self, id: &str) -> Result<Option<ProxyKey>, StoreError>;
     /// The account's proxy keys, revoked ones included, oldest first.
     async fn proxy_keys(&self, account_id: &str) -> Result<Vec<ProxyKey>, StoreError>;
+    async fn dashboard_session(&self, id: &str) -> Result<Option<DashboardSession>, StoreError>;
 
     /// Webhook events newest first.
     async fn webhook_events(&self, filter: WebhookEventFilter, page: Page) -> Result<Paged<WebhookEvent>, StoreError>;

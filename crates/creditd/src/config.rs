@@ -114,6 +114,9 @@ pub struct ServerSection {
     pub body_timeout_seconds: u64,
     /// A kept-alive connection with nothing to do is closed after this many seconds.
     pub idle_timeout_seconds: u64,
+    /// Where users reach creditd (`https://credits.example.com`), without a
+    /// trailing slash: the dashboard's links and payment return URLs.
+    pub public_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -486,6 +489,8 @@ struct RawServer {
     body_timeout_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     idle_timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -877,8 +882,24 @@ impl Validator<'_> {
             Some(v) => Err(self.error(key, format!("{v} is not from 1 to {max}"))),
         };
         let max_connections = limit("server.max_connections", raw.max_connections, 10_000, 1_000_000)?;
+        let public_url = match raw.public_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url)
+                if (url.starts_with("https://") || url.starts_with("http://"))
+                    && !url.contains(char::is_whitespace) =>
+            {
+                Some(url.trim_end_matches('/').to_string())
+            }
+            Some(url) => {
+                return Err(self.error(
+                    "server.public_url",
+                    format!("{url:?} is not a URL such as \"https://credits.example.com\""),
+                ));
+            }
+        };
         Ok(ServerSection {
             listen: raw.listen,
+            public_url,
             admin_key: self.secret(raw.admin_key),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             header_timeout_seconds: limit("server.header_timeout_seconds", raw.header_timeout_seconds, 10, 3600)?,

@@ -94,6 +94,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         admin_key: admin_key.clone(),
         payments: payments(&config),
         body_read_timeout: Some(Duration::from_secs(config.server.body_timeout_seconds)),
+        dashboard: creditd_server::dashboard::DashboardConfig {
+            public_url: config.server.public_url.clone(),
+            currencies: config.display.currencies.iter().map(|(c, r)| (c.clone(), *r)).collect(),
+        },
     };
     let app = App::new(store.clone(), clock, test_clock, server_config);
     let mut router = app.router();

@@ -104,6 +104,8 @@ impl TokenIn {
 
 #[derive(Debug, Serialize)]
 pub struct TokenOut {
+    /// The token's id: `DELETE /v1/accounts/{id}/tokens/{token id}` revokes it.
+    pub id: String,
     pub token: String,
     pub account_id: String,
     pub expires_at: String,

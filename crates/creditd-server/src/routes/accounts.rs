@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use creditd_core::account::AccountStatus;
 use creditd_core::engine::view;
 use creditd_core::plan::FREE_PLAN;
@@ -128,11 +128,41 @@ pub async fn token(
     let render = move |reply: &Reply| match reply {
         Reply::Token(t) => Rendered::json(
             StatusCode::CREATED,
-            &TokenOut { token: secret.clone(), account_id: t.account_id.clone(), expires_at: t.expires_at.to_string() },
+            &TokenOut {
+                id: t.id.clone(),
+                token: secret.clone(),
+                account_id: t.account_id.clone(),
+                expires_at: t.expires_at.to_string(),
+            },
         ),
         other => Err(unexpected(other)),
     };
     execute_secret(&state, Command::CreateAccountToken { token }, idem, &parsed.fingerprint, render, "token").await
+}
+
+/// `DELETE /v1/accounts/{id}/tokens/{token}` → `204`: the token signs
+/// nothing in any more, and the dashboard sessions made with it end.
+pub async fn revoke_token(State(state): State<AppState>, caller: Caller, path: PathParams) -> ApiResult<Response> {
+    caller.require(Access::Admin)?;
+    let id = path.get(0)?.to_string();
+    let token_id = path.get(1)?.to_string();
+    load_account(&state, &id).await?;
+    match state.store.execute(Command::RevokeAccountToken { account_id: id, token_id }, None).await? {
+        Reply::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `DELETE /v1/accounts/{id}/sessions` → `204`: every dashboard session of
+/// the account ends (its tokens stay valid).
+pub async fn revoke_sessions(State(state): State<AppState>, caller: Caller, path: PathParams) -> ApiResult<Response> {
+    caller.require(Access::Admin)?;
+    let id = path.get(0)?.to_string();
+    load_account(&state, &id).await?;
+    match state.store.execute(Command::RevokeSessions { account_id: id, session_id: None }, None).await? {
+        Reply::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// `GET /v1/accounts/{id}/balance`: the account as of the engine's clock.

@@ -11,7 +11,7 @@ mod ops;
 mod plans;
 mod proxy_keys;
 mod subscriptions;
-mod usage;
+pub(crate) mod usage;
 mod wallet;
 mod webhooks;
 
@@ -61,6 +61,8 @@ pub fn table() -> Vec<RouteDef> {
         route("POST", "/v1/accounts/{id}/suspend", post(accounts::suspend)),
         route("POST", "/v1/accounts/{id}/resume", post(accounts::resume)),
         route("POST", "/v1/accounts/{id}/tokens", post(accounts::token)),
+        route("DELETE", "/v1/accounts/{id}/tokens/{token}", delete(accounts::revoke_token)),
+        route("DELETE", "/v1/accounts/{id}/sessions", delete(accounts::revoke_sessions)),
         route("GET", "/v1/accounts/{id}/balance", get(accounts::balance)),
         route("POST", "/v1/accounts/{id}/grants", post(grants::create)),
         route("GET", "/v1/accounts/{id}/grants", get(grants::list)),
@@ -105,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(r.path, r.handler);
     }
     router
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(axum::Extension(crate::extract::BodyReadTimeout(

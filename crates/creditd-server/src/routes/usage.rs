@@ -150,7 +150,7 @@ pub async fn export_all(State(state): State<AppState>, caller: Caller, query: Qu
 /// answer starts, so a store that fails at once is a JSON error; a failure
 /// later cuts the body short (no final chunk), which a client sees as an
 /// incomplete download.
-async fn stream(
+pub(crate) async fn stream(
     state: &AppState,
     account_id: Option<String>,
     filter: UsageFilter,

@@ -6,6 +6,7 @@ mod support;
 mod accounts;
 mod auth;
 mod bad_input;
+mod dashboard;
 mod grants;
 mod idempotency;
 mod keys;

@@ -10,7 +10,7 @@ use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS), (5, V5_DASHBOARD_SESSIONS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -331,6 +331,24 @@ CREATE TABLE proxy_keys (
     revoked_at   BIGINT
 );
 CREATE INDEX proxy_keys_by_account ON proxy_keys(account_id, created_at);
+"#;
+
+/// Dashboard sign-in sessions (`creditd-server`'s `dashboard`): only the
+/// SHA-256 of a session's secret is kept; revoking sets `revoked_at`.
+/// `token_id` is the account token it was signed in with: revoking the
+/// token (deleting its row) revokes its sessions.
+const V5_DASHBOARD_SESSIONS: &str = r#"
+CREATE TABLE dashboard_sessions (
+    id          TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    account_id  TEXT COLLATE "C" NOT NULL,
+    token_id    TEXT COLLATE "C" NOT NULL,
+    secret_hash TEXT COLLATE "C" NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    revoked_at  BIGINT
+);
+CREATE INDEX dashboard_sessions_by_account ON dashboard_sessions(account_id);
+CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod payments;
 pub mod reader;
 pub mod rows;
+pub mod sessions;
 pub mod store;
 pub mod usage;
 pub mod writer;

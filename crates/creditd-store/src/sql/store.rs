@@ -420,6 +420,11 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
         self.read(move |conn| reader::proxy_keys(conn, &account_id)).await
     }
 
+    async fn dashboard_session(&self, id: &str) -> Result<Option<crate::DashboardSession>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| super::sessions::session(conn, &id)).await
+    }
+
     async fn webhook_events(
         &self,
         filter: crate::WebhookEventFilter,

@@ -822,6 +822,14 @@ impl<C: WriterDb> Writer<C> {
                 )?;
                 Ok((Reply::Touched, Pending::Nothing))
             }
+            Command::CreateSession { session } => Ok((super::sessions::create(&self.conn, session)?, Pending::Nothing)),
+            Command::RevokeSessions { account_id, session_id } => {
+                let reply = super::sessions::revoke(&self.conn, &account_id, session_id.as_deref(), self.now())?;
+                Ok((reply, Pending::Nothing))
+            }
+            Command::RevokeAccountToken { account_id, token_id } => {
+                Ok((super::sessions::revoke_token(&self.conn, &account_id, &token_id, self.now())?, Pending::Nothing))
+            }
             Command::Grant { account_id, mut grant } => {
                 grant.starts_at = grant.starts_at.map(truncate);
                 grant.expires_at = grant.expires_at.map(truncate);

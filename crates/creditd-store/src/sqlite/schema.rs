@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Append only: a released migration is never edited, a change is a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6_PROXY_KEYS)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6_PROXY_KEYS), (7, V7_DASHBOARD_SESSIONS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -309,6 +309,24 @@ CREATE TABLE proxy_keys (
     revoked_at   INTEGER
 );
 CREATE INDEX proxy_keys_by_account ON proxy_keys(account_id, created_at);
+"#;
+
+/// Dashboard sign-in sessions (`creditd-server`'s `dashboard`): only the
+/// SHA-256 of a session's secret is kept; revoking sets `revoked_at`.
+/// `token_id` is the account token it was signed in with: revoking the
+/// token (deleting its row) revokes its sessions.
+const V7_DASHBOARD_SESSIONS: &str = r#"
+CREATE TABLE dashboard_sessions (
+    id          TEXT PRIMARY KEY NOT NULL,
+    account_id  TEXT NOT NULL REFERENCES accounts(id),
+    token_id    TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE INDEX dashboard_sessions_by_account ON dashboard_sessions(account_id);
+CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
 "#;
 
 /// The newest schema version this build knows.
