@@ -53,6 +53,16 @@ pub(crate) fn config(state: &AppState) -> &DashboardConfig {
     &state.config.dashboard
 }
 
+/// The dashboard's paths (metric labels).
+pub const PATHS: &[&str] = &[
+    "/dashboard",
+    "/dashboard/usage",
+    "/dashboard/usage/export",
+    "/dashboard/ledger",
+    "/dashboard/logout",
+    "/dashboard/assets/{name}",
+];
+
 /// The dashboard's routes (merged into the API's router).
 pub fn router() -> Router<AppState> {
     Router::new()

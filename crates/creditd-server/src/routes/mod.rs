@@ -97,7 +97,11 @@ pub fn table() -> Vec<RouteDef> {
 /// The `'static` pattern of a served route (`None` for anything else).
 pub fn pattern(path: &str) -> Option<&'static str> {
     static PATTERNS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    PATTERNS.get_or_init(|| table().into_iter().map(|r| r.path).collect()).iter().copied().find(|p| *p == path)
+    PATTERNS
+        .get_or_init(|| table().into_iter().map(|r| r.path).chain(crate::dashboard::PATHS.iter().copied()).collect())
+        .iter()
+        .copied()
+        .find(|p| *p == path)
 }
 
 /// The whole API over `state`.
