@@ -65,7 +65,7 @@ pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, S
     b.push_str(
         "</select></label><div class=\"actions\"><button type=\"submit\">Apply</button> \
          <a href=\"/dashboard/ledger\">Clear</a></div></form>\
-         <div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Credit record\"><table id=\"ledger\"><thead><tr>\
+         <div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Credit record\"><table id=\"ledger\" class=\"stack\"><thead><tr>\
          <th scope=\"col\">Time</th><th scope=\"col\">What</th><th scope=\"col\" class=\"r\">Amount</th>\
          <th scope=\"col\">Pool</th><th scope=\"col\">Reference</th><th scope=\"col\" class=\"r\">Balance after</th>\
          </tr></thead><tbody>",
@@ -92,8 +92,9 @@ pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, S
         let sign = if e.amount.is_negative() { "neg" } else { "pos" };
         let _ = write!(
             b,
-            "<tr data-entry=\"{}\" data-type=\"{}\"><td>{}</td><td>{}{}</td><td class=\"r {sign}\">{}</td><td>{}</td>\
-             <td class=\"ref\">{}</td><td class=\"r\">{}</td></tr>",
+            "<tr data-entry=\"{}\" data-type=\"{}\"><td data-label=\"Time\">{}</td><td data-label=\"What\">{}{}</td>\
+             <td class=\"r {sign}\" data-label=\"Amount\">{}</td><td data-label=\"Pool\">{}</td>\
+             <td class=\"ref\" data-label=\"Reference\">{}</td><td class=\"r\" data-label=\"Balance after\">{}</td></tr>",
             esc(&e.id),
             e.kind.as_str(),
             time_el(e.at, &tz),

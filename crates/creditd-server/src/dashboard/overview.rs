@@ -62,7 +62,8 @@ fn limit_meter(label: &str, limit: Option<&LimitOut>, tz: &TimeZone, now: Timest
                 Some(at) => format!("Resets {} ({})", esc(&html::relative(at, now)), time_el(at, tz)),
                 None => esc(window).to_string(),
             };
-            meter(label, &l.used.to_string(), &l.limit.to_string(), u64::from(l.used), u64::from(l.limit), &note)
+            let (used, limit) = (html::group_digits(&l.used.to_string()), html::group_digits(&l.limit.to_string()));
+            meter(label, &used, &limit, u64::from(l.used), u64::from(l.limit), &note)
         }
     }
 }
@@ -216,7 +217,7 @@ pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, S
     // Pools in burn order.
     b.push_str(
         "<section class=\"card wide\" aria-labelledby=\"pools-h\"><h2 id=\"pools-h\">Your credits, in the order they are used</h2>\
-         <div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Credit pools\"><table id=\"pools\"><thead><tr>\
+         <div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Credit pools\"><table id=\"pools\" class=\"stack\"><thead><tr>\
          <th scope=\"col\">#</th><th scope=\"col\">Kind</th><th scope=\"col\">Source</th>\
          <th scope=\"col\" class=\"r\">Remaining / amount</th><th scope=\"col\" class=\"r\">Held</th>\
          <th scope=\"col\">Expires</th></tr></thead><tbody>",
@@ -227,13 +228,19 @@ pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, S
             None => "<span class=\"muted\">never</span>".to_string(),
             Some(at) => {
                 let class = if html::soon(at, now) { "soon" } else { "" };
-                format!("<span class=\"{class}\">{}</span><br>{}", esc(&html::relative(at, now)), time_el(at, tz))
+                format!(
+                    "<span class=\"{class}\">{}</span> <span class=\"muted small\">{}</span>",
+                    esc(&html::relative(at, now)),
+                    time_el(at, tz)
+                )
             }
         };
         let starts = starts.map(|s| format!(" <span class=\"tag\">starts {}</span>", esc(&html::relative(s, now))));
         let _ = write!(
             b,
-            "<tr data-grant=\"{}\"><td>{}</td><td>{}{}</td><td>{}</td><td class=\"r\">{} / {}</td><td class=\"r\">{}</td><td>{}</td></tr>",
+            "<tr data-grant=\"{}\"><td data-label=\"#\">{}</td><td data-label=\"Kind\">{}{}</td>\
+             <td data-label=\"Source\">{}</td><td class=\"r\" data-label=\"Remaining / amount\">{} / {}</td>\
+             <td class=\"r\" data-label=\"Held\">{}</td><td data-label=\"Expires\">{}</td></tr>",
             esc(&g.id),
             i + 1,
             esc(kind_label(g.kind)),
@@ -247,8 +254,10 @@ pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, S
     }
     let _ = write!(
         b,
-        "<tr data-grant=\"wallet\"><td>{}</td><td>Pay2Go wallet</td><td>top-ups</td><td class=\"r\">{}</td>\
-         <td class=\"r\">{}</td><td><span class=\"muted\">never</span></td></tr></tbody></table></div></section>",
+        "<tr data-grant=\"wallet\"><td data-label=\"#\">{}</td><td data-label=\"Kind\">Pay2Go wallet</td>\
+         <td data-label=\"Source\">top-ups</td><td class=\"r\" data-label=\"Remaining\">{}</td>\
+         <td class=\"r\" data-label=\"Held\">{}</td><td data-label=\"Expires\"><span class=\"muted\">never</span></td>\
+         </tr></tbody></table></div></section>",
         balance.grants.len() + 1,
         amount(&balance.wallet.balance),
         amount(&balance.wallet.held)

@@ -56,7 +56,7 @@
     var totals = (data.totals || []).map(micros);
     var max = 0;
     for (var d = 0; d < n; d++) max = Math.max(max, totals[d] || 0);
-    var W = 720, H = 240, left = 56, right = 8, top = 10, bottom = 26;
+    var W = Math.max(300, Math.min(1200, Math.round(host.clientWidth || 720))), H = W < 500 ? 200 : 240, left = 56, right = 8, top = 10, bottom = 26;
     var plotW = W - left - right, plotH = H - top - bottom;
     var step = niceStep(max || 1000000, 4);
     var yMax = Math.max(step, Math.ceil((max || 1) / step) * step);
@@ -82,7 +82,8 @@
         g.appendChild(r);
       }
       svg.appendChild(g);
-      if (d % 5 === (n - 1) % 5) {
+      var every = W < 500 ? 7 : 5;
+      if (d % every === (n - 1) % every) {
         svg.appendChild(el("text", { x: (left + d * slot + slot / 2).toFixed(2), y: H - 8, "text-anchor": "middle", "class": "axis" },
           days[d].slice(5)));
       }
@@ -110,6 +111,18 @@
   var host = document.getElementById("usage-chart");
   var block = document.getElementById("usage-chart-data");
   if (host && block) {
-    try { draw(host, JSON.parse(block.textContent)); } catch (e) { host.textContent = "The chart could not be drawn."; }
+    var render = function () {
+      while (host.firstChild) host.removeChild(host.firstChild);
+      try { draw(host, JSON.parse(block.textContent)); } catch (e) { host.textContent = "The chart could not be drawn."; }
+    };
+    render();
+    // Drawn for the width it has: again when that changes (a phone turned).
+    var width = host.clientWidth, timer = null;
+    window.addEventListener("resize", function () {
+      if (host.clientWidth === width) return;
+      width = host.clientWidth;
+      clearTimeout(timer);
+      timer = setTimeout(render, 100);
+    });
   }
 })();
