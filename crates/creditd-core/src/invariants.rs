@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::account::{Grant, Hold, HoldStatus, Source, UsageRecord, Wallet};
 use crate::ledger::{EntryKind, LedgerEntry};
-use crate::units::Credits;
+use crate::subscription::Subscription;
+use crate::units::{Credits, MAX_BALANCE, MAX_GRANT};
 
 /// Everything stored for one account: every grant (spent ones too), the
 /// wallet, every hold (closed ones too), every entry and usage record.
@@ -35,8 +36,9 @@ impl std::fmt::Display for Breach {
     }
 }
 
-/// The invariants, as named in the audit's report.
-pub const INVARIANTS: [&str; 7] = [
+/// The invariants, as named in the audit's report: 1 to 7 are
+/// `semantics.md` §10; 8 to 11 are creditd's own (`docs/audit.md`).
+pub const INVARIANTS: [&str; 11] = [
     "1 each grant's entries sum to its remaining, and 0 <= held <= remaining",
     "2 the wallet's balance equals the sum of its entries",
     "3 all entries of an account sum to its grants' remaining plus its wallet",
@@ -44,6 +46,10 @@ pub const INVARIANTS: [&str; 7] = [
     "5 while the wallet is negative no grant has unheld remaining credits",
     "6 each usage record's charge equals its charge entries, split as charged_from says (and a refunded record's refund entries)",
     "7 no request id is charged twice",
+    "8 each entry's balance_after is the one before plus its amount, in the order written",
+    "9 every value within its bounds: wallet within +-10^12 credits, 0 <= remaining <= amount <= 10^9, 0 <= held, debt_incurred within 0..=credits",
+    "10 each payment reconciles with its refunds and effects: refunds sum to refunded_credits and each splits exactly, never more than the payment produced, the refund entries match, a top-up's and a pack's credits were added, what a switch put in the wallet for it was credited and is reversed first",
+    "11 paid_through matches payments: a period paid in advance by a payment is not refunded, and a refunded unstarted period is not paid",
 ];
 
 /// Checks every invariant of `semantics.md` §10 for one account. Holds are
@@ -124,6 +130,45 @@ pub fn check_account(r: AccountRecords<'_>) -> Vec<Breach> {
         }
     }
 
+    // 8. balance_after chains, in the order the entries were written.
+    let mut running = Credits::ZERO;
+    for e in r.entries {
+        running = running.checked_add(e.amount).unwrap_or(running);
+        if e.balance_after != running {
+            breach(
+                8,
+                format!(
+                    "entry {} ({}): balance_after {} but the entries so far sum to {running}",
+                    e.id,
+                    e.kind.as_str(),
+                    e.balance_after
+                ),
+            );
+            running = e.balance_after;
+        }
+    }
+
+    // 9. Bounds.
+    if r.wallet.balance.units().abs() > MAX_BALANCE.units() || r.wallet.held.is_negative() {
+        breach(9, format!("wallet {} (held {}) outside +-{MAX_BALANCE}", r.wallet.balance, r.wallet.held));
+    }
+    for g in r.grants {
+        if g.remaining.is_negative() || g.remaining > g.amount || g.amount > MAX_GRANT || !g.amount.is_positive() {
+            breach(
+                9,
+                format!(
+                    "grant {}: remaining {} of amount {} outside 0..=amount<={MAX_GRANT}",
+                    g.id, g.remaining, g.amount
+                ),
+            );
+        }
+    }
+    for u in r.usage {
+        if u.debt_incurred.is_negative() || u.debt_incurred > u.credits || u.credits.is_negative() {
+            breach(9, format!("request {}: debt_incurred {} of credits {}", u.request_id, u.debt_incurred, u.credits));
+        }
+    }
+
     // 6 and 7. Usage records against charge entries, and refunded records
     // against the refund entries that reference them.
     let mut charges: HashMap<&str, Vec<&LedgerEntry>> = HashMap::new();
@@ -188,6 +233,199 @@ pub fn check_account(r: AccountRecords<'_>) -> Vec<Breach> {
     }
     for (request_id, _) in refunds {
         breach(6, format!("refund entries for request {request_id} without a usage record"));
+    }
+    breaches
+}
+
+/// How a payment added its credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentKind {
+    Topup,
+    Pack,
+    Subscription,
+}
+
+/// One refund of a payment, as recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefundFacts {
+    pub credits: Credits,
+    pub from_grants: Credits,
+    pub lapsed: Credits,
+    pub from_wallet: Credits,
+    pub debt: Credits,
+}
+
+/// One payment of an account, as recorded, with its refunds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentFacts {
+    /// The provider's id: what its entries reference.
+    pub external_id: String,
+    pub kind: PaymentKind,
+    pub credits: Credits,
+    pub grant_ids: Vec<String>,
+    pub subscription_id: Option<String>,
+    pub refunded_credits: Credits,
+    pub prorated_credits: Credits,
+    pub refunds: Vec<RefundFacts>,
+}
+
+/// An account's payments and subscriptions, with what invariants 10 and 11
+/// compare them to.
+#[derive(Clone, Copy, Debug)]
+pub struct PaymentRecords<'a> {
+    pub account_id: &'a str,
+    pub grants: &'a [Grant],
+    pub entries: &'a [LedgerEntry],
+    pub payments: &'a [PaymentFacts],
+    /// Every subscription of the account (ended ones too).
+    pub subscriptions: &'a [Subscription],
+}
+
+/// Invariants 10 and 11: payments against their refunds, their effects and
+/// the periods they paid (`docs/audit.md`).
+pub fn check_payments(r: PaymentRecords<'_>) -> Vec<Breach> {
+    use crate::ledger::Reference;
+    let mut breaches = Vec::new();
+    let mut breach = |invariant: u8, message: String| {
+        breaches.push(Breach { invariant, account_id: r.account_id.to_string(), message });
+    };
+    let by_payment = |id: &str, kind: EntryKind| -> Credits {
+        r.entries
+            .iter()
+            .filter(|e| e.kind == kind && matches!(&e.reference, Reference::Payment(p) if p == id))
+            .map(|e| e.amount)
+            .sum()
+    };
+    for p in r.payments {
+        let id = p.external_id.as_str();
+        // Entries name a payment by its id alone: where two providers used
+        // the same id, they cannot be told apart.
+        let unique = r.payments.iter().filter(|q| q.external_id == p.external_id).count() == 1;
+        let refunded: Credits = p.refunds.iter().map(|f| f.credits).sum();
+        if refunded != p.refunded_credits {
+            breach(
+                10,
+                format!("payment {id}: refunds sum to {refunded} but refunded_credits is {}", p.refunded_credits),
+            );
+        }
+        for f in &p.refunds {
+            if f.from_grants + f.lapsed + f.from_wallet != f.credits || f.debt.is_negative() || f.debt > f.from_wallet {
+                breach(
+                    10,
+                    format!(
+                        "payment {id}: a refund of {} splits into {} + {} + {} (debt {})",
+                        f.credits, f.from_grants, f.lapsed, f.from_wallet, f.debt
+                    ),
+                );
+            }
+        }
+        if p.refunded_credits > p.credits + p.prorated_credits {
+            breach(
+                10,
+                format!("payment {id}: {} refunded of {} produced", p.refunded_credits, p.credits + p.prorated_credits),
+            );
+        }
+        // The refund entries take back what the refunds say came from the
+        // grants and the wallet.
+        let taken: Credits = p.refunds.iter().map(|f| f.from_grants + f.from_wallet).sum();
+        let entries = -by_payment(id, EntryKind::Refund);
+        if unique && entries != taken {
+            breach(10, format!("payment {id}: refund entries take {entries} but its refunds took {taken}"));
+        }
+        // What a switch put in the wallet for it goes back first.
+        let wallet_back: Credits = p.refunds.iter().map(|f| f.from_wallet).sum();
+        let owed = p.prorated_credits.min(p.refunded_credits);
+        if wallet_back < owed {
+            breach(
+                10,
+                format!(
+                    "payment {id}: refunds took {wallet_back} from the wallet but the payment put {owed} of what is refunded there at a switch"
+                ),
+            );
+        }
+        match p.kind {
+            PaymentKind::Topup if unique => {
+                let added = by_payment(id, EntryKind::Topup);
+                if added != p.credits {
+                    breach(10, format!("top-up {id}: topup entries add {added}, the payment {}", p.credits));
+                }
+            }
+            PaymentKind::Pack => {
+                let grant = p.grant_ids.first().and_then(|g| r.grants.iter().find(|x| &x.id == g));
+                if grant.is_none_or(|g| g.amount != p.credits) {
+                    breach(10, format!("pack {id}: its grant does not hold its {} credits", p.credits));
+                }
+            }
+            PaymentKind::Topup | PaymentKind::Subscription => {}
+        }
+    }
+    // Proration credits of each subscription: what its payments say a
+    // switch put in the wallet was credited.
+    for sub in r.subscriptions {
+        let linked: Credits = r
+            .payments
+            .iter()
+            .filter(|p| p.subscription_id.as_deref() == Some(sub.id.as_str()))
+            .map(|p| p.prorated_credits)
+            .sum();
+        let credited: Credits = r
+            .entries
+            .iter()
+            .filter(|e| {
+                e.kind == EntryKind::ProrationCredit
+                    && matches!(&e.reference, Reference::Subscription(s) if s == &sub.id)
+            })
+            .map(|e| e.amount)
+            .sum();
+        if linked > credited {
+            breach(
+                10,
+                format!(
+                    "subscription {}: its payments say {linked} was credited at a switch, the entries {credited}",
+                    sub.id
+                ),
+            );
+        }
+        // 11. Periods paid against payments.
+        let paid: Vec<(u32, &PaymentFacts)> = r
+            .payments
+            .iter()
+            .filter(|p| p.kind == PaymentKind::Subscription && p.subscription_id.as_deref() == Some(sub.id.as_str()))
+            .filter_map(|p| {
+                (0..=sub.paid_through + 1)
+                    .find(|&n| crate::engine::period_pool_ids(sub, n) == p.grant_ids)
+                    .map(|n| (n, p))
+            })
+            .collect();
+        if paid.is_empty() {
+            continue; // Started through the API: no payment rows to compare.
+        }
+        let refunded_in_full =
+            |p: &PaymentFacts| p.refunded_credits >= p.credits + p.prorated_credits && p.refunded_credits.is_positive();
+        if sub.status.is_live() && sub.renewed() {
+            match paid.iter().find(|(n, _)| *n == sub.paid_through) {
+                Some((_, p)) if refunded_in_full(p) => breach(
+                    11,
+                    format!(
+                        "subscription {}: period {} is paid but its payment {} is refunded",
+                        sub.id, sub.paid_through, p.external_id
+                    ),
+                ),
+                // A renewal through the API records no payment: nothing to compare.
+                _ => {}
+            }
+        }
+        for (n, p) in &paid {
+            if *n > sub.paid_through && !refunded_in_full(p) {
+                breach(
+                    11,
+                    format!(
+                        "subscription {}: payment {} paid period {n} beyond paid_through {}",
+                        sub.id, p.external_id, sub.paid_through
+                    ),
+                );
+            }
+        }
     }
     breaches
 }

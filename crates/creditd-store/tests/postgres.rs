@@ -168,3 +168,11 @@ async fn a_database_that_is_down_is_unavailable_and_the_writer_recovers() {
 fn promo_grant(account: &str, whole: i64) -> Command {
     Command::Grant { account_id: account.into(), grant: promo(Credits::whole(whole), None, "down") }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_sees_issue_12_defects_on_postgres() {
+    let db = PgDatabase::create();
+    let clock = Arc::new(ManualClock::new(story::money::START.parse().expect("time")));
+    let store = Arc::new(connect(&db, story::money::config(), &clock));
+    story::money::audit_sees_the_defects(store, clock).await;
+}

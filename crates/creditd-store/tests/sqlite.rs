@@ -360,3 +360,12 @@ async fn money_on_sqlite() {
         SqliteStore::open(&db(&dir), story::money::config(), WriterLimits::default(), clock.clone()).expect("open");
     story::money::money(Arc::new(store), clock).await;
 }
+
+#[tokio::test]
+async fn audit_sees_issue_12_defects_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(story::money::START.parse().expect("time")));
+    let store =
+        SqliteStore::open(&db(&dir), story::money::config(), WriterLimits::default(), clock.clone()).expect("open");
+    story::money::audit_sees_the_defects(Arc::new(store), clock).await;
+}

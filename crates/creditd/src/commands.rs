@@ -127,10 +127,7 @@ pub fn render_audit(url: &str, report: &AuditReport) -> String {
         counted(report.entries, "ledger entry", "ledger entries"),
         counted(report.usage_records, "usage record", "usage records"),
     );
-    out.push_str(&format!(
-        "checked {} invariants (see docs/concepts.md#the-ledger-and-the-audit):\n",
-        INVARIANTS.len()
-    ));
+    out.push_str(&format!("checked {} invariants (see docs/audit.md):\n", INVARIANTS.len()));
     for (i, name) in INVARIANTS.iter().enumerate() {
         let number = i + 1;
         let broken = report.breaches.iter().filter(|b| usize::from(b.invariant) == number).count();

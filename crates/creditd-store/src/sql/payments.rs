@@ -215,3 +215,51 @@ pub fn events(conn: &dyn Db, filter: &WebhookEventFilter, page: &Page) -> Result
     let page = paged(data, n, |(_, seq)| seq.to_string());
     Ok(Paged { data: page.data.into_iter().map(|(e, _)| e).collect(), next_cursor: page.next_cursor })
 }
+
+/// An account's payments with their refunds, for the audit (invariants 10
+/// and 11 of `docs/audit.md`).
+pub fn payment_facts(
+    conn: &dyn Db,
+    account_id: &str,
+) -> Result<Vec<creditd_core::invariants::PaymentFacts>, StoreError> {
+    use creditd_core::invariants::{PaymentFacts, PaymentKind as Kind, RefundFacts};
+    let payments = conn.query_vec(
+        &format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE account_id = ?1 ORDER BY seq"),
+        params![account_id],
+        payment,
+    )?;
+    let refunds = conn.query_vec(
+        "SELECT provider, payment_id, credits, from_grants, lapsed, from_wallet, debt FROM payment_refunds
+          WHERE account_id = ?1 ORDER BY seq",
+        params![account_id],
+        |row| {
+            let c = |i| -> Result<Credits, StoreError> { Ok(Credits::from_units(row.get(i)?)) };
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<String>(1)?,
+                RefundFacts { credits: c(2)?, from_grants: c(3)?, lapsed: c(4)?, from_wallet: c(5)?, debt: c(6)? },
+            ))
+        },
+    )?;
+    Ok(payments
+        .into_iter()
+        .map(|p| PaymentFacts {
+            refunds: refunds
+                .iter()
+                .filter(|(provider, id, _)| provider == &p.provider && id == &p.external_id)
+                .map(|(_, _, f)| *f)
+                .collect(),
+            kind: match p.kind {
+                PaymentKind::Topup => Kind::Topup,
+                PaymentKind::Pack => Kind::Pack,
+                PaymentKind::Subscription => Kind::Subscription,
+            },
+            external_id: p.external_id,
+            credits: p.credits,
+            grant_ids: p.grant_ids,
+            subscription_id: p.subscription_id,
+            refunded_credits: p.refunded_credits,
+            prorated_credits: p.prorated_credits,
+        })
+        .collect())
+}

@@ -246,7 +246,8 @@ fn audit_in_snapshot(conn: &dyn Db) -> Result<AuditReport, StoreError> {
                 rows::hold,
             )?;
             let entries = conn.query_vec(
-                &format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id = ?1 ORDER BY at, seq"),
+                // In the order written: balance_after chains in it (invariant 8).
+                &format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id = ?1 ORDER BY seq"),
                 params![id],
                 rows::entry,
             )?;
@@ -265,6 +266,19 @@ fn audit_in_snapshot(conn: &dyn Db) -> Result<AuditReport, StoreError> {
                 holds: &holds,
                 entries: &entries,
                 usage: &usage,
+            }));
+            let payments = super::payments::payment_facts(conn, &id)?;
+            let subscriptions = conn.query_vec(
+                &format!("SELECT {} FROM subscriptions WHERE account_id = ?1 ORDER BY seq", rows::SUBSCRIPTION_COLUMNS),
+                params![id],
+                rows::subscription,
+            )?;
+            report.breaches.extend(invariants::check_payments(invariants::PaymentRecords {
+                account_id: &id,
+                grants: &grants,
+                entries: &entries,
+                payments: &payments,
+                subscriptions: &subscriptions,
             }));
         }
     }
