@@ -403,7 +403,11 @@ pub fn check_payments(r: PaymentRecords<'_>) -> Vec<Breach> {
         let refunded_in_full =
             |p: &PaymentFacts| p.refunded_credits >= p.credits + p.prorated_credits && p.refunded_credits.is_positive();
         if sub.status.is_live() && sub.renewed() {
-            match paid.iter().find(|(n, _)| *n == sub.paid_through) {
+            // The period may have been paid, un-paid by a refund and paid
+            // again: one payment for it not refunded is enough.
+            let payments_of = |n: u32| paid.iter().filter(move |(m, _)| *m == n);
+            let standing = payments_of(sub.paid_through).find(|(_, p)| !refunded_in_full(p));
+            match standing.or_else(|| payments_of(sub.paid_through).last()) {
                 Some((_, p)) if refunded_in_full(p) => breach(
                     11,
                     format!(

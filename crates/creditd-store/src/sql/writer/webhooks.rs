@@ -158,7 +158,9 @@ impl<C: WriterDb> Writer<C> {
         let parts = [(old.period, p.credited), (old.paid_through, p.prepaid_credited)];
         for (period, credits) in parts.into_iter().filter(|(_, c)| c.is_positive()) {
             let ids = period_pool_ids(old, period);
-            if let Some(payment) = payments.iter().find(|pay| pay.grant_ids == ids) {
+            // The latest payment of that period (an earlier one may have been
+            // refunded before it started, and the period paid again).
+            if let Some(payment) = payments.iter().rev().find(|pay| pay.grant_ids == ids) {
                 rows::add_prorated(&self.conn, &payment.provider, &payment.external_id, credits)?;
             }
         }
