@@ -107,6 +107,9 @@ struct Model {
     sub: Option<MSub>,
     /// The latest subscription ever (for renew's answer without a live one).
     had_sub: bool,
+    /// What a switch put in the wallet for each payment (by its index), as
+    /// the model computed it.
+    prorated: BTreeMap<usize, i128>,
 }
 
 impl Model {
@@ -696,13 +699,17 @@ fn run(seed: u64, ops: usize) -> u64 {
                             m.repay(now);
                             // The store links both to the payments that bought them.
                             let old = change.previous.clone().unwrap();
-                            for (period, credits) in [(old.period, p.credited), (old.paid_through, p.prepaid_credited)]
-                            {
+                            let parts = [
+                                (old.period, p.credited, cents * MICRO),
+                                (old.paid_through, p.prepaid_credited, prepaid * MICRO),
+                            ];
+                            for (period, credits, modelled) in parts {
                                 let ids = engine::period_pool_ids(&old, period);
                                 if credits.is_positive()
-                                    && let Some(pay) = h.payments.iter_mut().rev().find(|pay| pay.grant_ids == ids)
+                                    && let Some(k) = h.payments.iter().rposition(|pay| pay.grant_ids == ids)
                                 {
-                                    pay.prorated = pay.prorated + credits;
+                                    h.payments[k].prorated = h.payments[k].prorated + credits;
+                                    *m.prorated.entry(k).or_default() += modelled;
                                 }
                             }
                         } else {
@@ -871,6 +878,17 @@ fn refund_payment(h: &mut Harness, m: &mut Model, k: usize, label: &str) {
         }
     };
     let credits = engine::refund_credits(added, p.refunded, RefundShare::Full);
+    // What the payment produced, by the model: its credits (a top-up, or
+    // the pools of a started period) and what a switch put in the wallet
+    // for it. A full refund reverses all of it that is left.
+    let produced = match p.kind {
+        PaymentKind::Subscription => {
+            m.grants.iter().filter(|g| p.grant_ids.contains(&g.id)).map(|g| g.amount).sum::<i128>()
+                + m.prorated.get(&k).copied().unwrap_or(0)
+        }
+        _ => i128::from(p.credits.units()),
+    };
+    assert_eq!(credits, c((produced - i128::from(p.refunded.units())).max(0)), "{label}: refund of {}", p.id);
     if !credits.is_positive() {
         return;
     }
