@@ -13,10 +13,11 @@
 //! (enforced or not, ordinary and at the extreme of the bounds), usage
 //! refunds, subscribe (start, switch, resubscribe after cancel), renew
 //! (early, late, in grace), cancel, full refunds of top-ups and plan
-//! payments (started, unstarted, switched away), and clock moves (small,
-//! and jumps onto and across period and grace ends).
+//! payments (started, unstarted, switched away), an operator's plan price
+//! changes, and clock moves (small, and jumps onto and across period and
+//! grace ends).
 //!
-//! CI mode: `CREDITD_MODEL_OPS` unset runs 10,000 operations (about 20 seconds
+//! CI mode: `CREDITD_MODEL_OPS` unset runs 5,000 operations (about 10 seconds
 //! in a debug build). Long mode: `CREDITD_MODEL_OPS=1000000 cargo test
 //! --release -p creditd-core --test money_model -- --nocapture`.
 //! `CREDITD_MODEL_SEED` picks the first seed.
@@ -110,6 +111,8 @@ struct Model {
     /// What a switch put in the wallet for each payment (by its index), as
     /// the model computed it.
     prorated: BTreeMap<usize, i128>,
+    /// The plans' current prices (the operator changes them).
+    prices: [i128; 3],
 }
 
 impl Model {
@@ -234,7 +237,7 @@ impl Model {
                 s.period += 1;
                 s.start = month_start(s.anchor, s.period);
                 s.end = month_start(s.anchor, s.period + 1);
-                s.price = s.renewal_price.take().unwrap_or(PLANS[s.plan].1);
+                s.price = s.renewal_price.take().unwrap_or(self.prices[s.plan]);
                 let ids = pool_ids(&s, s.period);
                 self.sub = Some(s);
                 self.start_period(at, ids);
@@ -323,17 +326,6 @@ struct Harness {
 
 impl Harness {
     fn new(now: Timestamp) -> Harness {
-        let plans = PLANS.iter().map(|&(id, price, monthly)| Plan {
-            id: id.into(),
-            name: id.into(),
-            price_usd: Usd::whole(price as i64),
-            monthly_credits: Credits::whole(monthly as i64),
-            bonus_percent: Factor::whole(20),
-            backup_multiplier: Factor::whole(3),
-            limits: RequestLimits::default(),
-            model_access: ModelAccess::All,
-            cost_budget_multiplier: None,
-        });
         Harness {
             state: AccountState::new("acct"),
             now,
@@ -345,8 +337,24 @@ impl Harness {
             payments: Vec::new(),
             policy: PricingPolicy::default(),
             billing: Billing::default(),
-            plans: PlanBook::new(plans),
+            plans: Harness::plans(PLANS.map(|p| p.1)),
         }
+    }
+
+    /// The plans at `prices` (whole USD), as an operator sets them.
+    fn plans(prices: [i128; 3]) -> PlanBook {
+        let plans = PLANS.iter().zip(prices).map(|(&(id, _, monthly), price)| Plan {
+            id: id.into(),
+            name: id.into(),
+            price_usd: Usd::whole(price as i64),
+            monthly_credits: Credits::whole(monthly as i64),
+            bonus_percent: Factor::whole(20),
+            backup_multiplier: Factor::whole(3),
+            limits: RequestLimits::default(),
+            model_access: ModelAccess::All,
+            cost_budget_multiplier: None,
+        });
+        PlanBook::new(plans)
     }
 
     fn op<T>(&mut self, f: impl FnOnce(&mut engine::Tx<'_>) -> Result<T, Refusal>) -> Result<T, Refusal> {
@@ -465,7 +473,7 @@ fn run(seed: u64, ops: usize) -> u64 {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let start: Timestamp = "2027-01-31T10:00:00Z".parse().unwrap();
     let mut h = Harness::new(start);
-    let mut m = Model::default();
+    let mut m = Model { prices: PLANS.map(|p| p.1), ..Model::default() };
     let ordinary = ordinary_model();
     let extreme = extreme_model();
     let mut next_request = 0u64;
@@ -665,7 +673,7 @@ fn run(seed: u64, ops: usize) -> u64 {
                         let change = result.unwrap_or_else(|e| panic!("{label}: resume {e}"));
                         s.cancel = false;
                         s.paid_through = s.period + 1;
-                        s.renewal_price = Some(PLANS[plan].1);
+                        s.renewal_price = Some(m.prices[plan]);
                         m.sub = Some(s);
                         assert!(change.proration.is_none());
                         h.record_plan_payment(&change.subscription);
@@ -681,7 +689,7 @@ fn run(seed: u64, ops: usize) -> u64 {
                             let (main, backup) = (pool(0), pool(1));
                             let elapsed = (now.as_microsecond() - s.start.as_microsecond()) as i128;
                             let length = (s.end.as_microsecond() - s.start.as_microsecond()) as i128;
-                            let cents = prorate_cents(s.price, PLANS[plan].1, elapsed, length, main, backup);
+                            let cents = prorate_cents(s.price, m.prices[plan], elapsed, length, main, backup);
                             for i in 0..m.grants.len() {
                                 if matches!(m.grants[i].kind, GrantKind::PlanMain | GrantKind::PlanBackup)
                                     && m.grants[i].remaining > 0
@@ -724,7 +732,7 @@ fn run(seed: u64, ops: usize) -> u64 {
                             start: now,
                             end: month_start(now, 1),
                             paid_through: 0,
-                            price: PLANS[plan].1,
+                            price: m.prices[plan],
                             renewal_price: None,
                             cancel: false,
                             past_due: false,
@@ -751,7 +759,7 @@ fn run(seed: u64, ops: usize) -> u64 {
                         let sub = result.unwrap_or_else(|e| panic!("{label}: renew {e}"));
                         s.cancel = false;
                         s.paid_through = s.period + 1;
-                        s.renewal_price = Some(PLANS[s.plan].1);
+                        s.renewal_price = Some(m.prices[s.plan]);
                         m.sub = Some(s);
                         h.record_plan_payment(&sub);
                     }
@@ -768,7 +776,7 @@ fn run(seed: u64, ops: usize) -> u64 {
                         s.past_due = false;
                         s.grace_end = None;
                         s.cancel = false;
-                        s.price = PLANS[s.plan].1;
+                        s.price = m.prices[s.plan];
                         m.sub = Some(s);
                         let ids = engine::period_pool_ids(&sub, n);
                         m.start_period(now, (ids[0].clone(), ids[1].clone()));
@@ -800,6 +808,13 @@ fn run(seed: u64, ops: usize) -> u64 {
                 }
                 let k = rng.below(h.payments.len() as u64) as usize;
                 refund_payment(&mut h, &mut m, k, &label);
+            }
+            // The operator changes a plan's price (up to 10^6 USD): what was
+            // bought keeps its price.
+            77..=79 => {
+                let plan = rng.below(3) as usize;
+                m.prices[plan] = if rng.chance(10) { 1_000_000 } else { 1 + rng.below(500) as i128 };
+                h.plans = Harness::plans(m.prices);
             }
             // Time: small steps, and jumps onto and past period and grace ends.
             _ => {
@@ -956,7 +971,7 @@ fn refund_payment(h: &mut Harness, m: &mut Model, k: usize, label: &str) {
 }
 
 fn ops_wanted() -> usize {
-    std::env::var("CREDITD_MODEL_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+    std::env::var("CREDITD_MODEL_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000)
 }
 
 #[test]
