@@ -407,7 +407,7 @@ pub fn check_payments(r: PaymentRecords<'_>) -> Vec<Breach> {
             // again: one payment for it not refunded is enough.
             let payments_of = |n: u32| paid.iter().filter(move |(m, _)| *m == n);
             let standing = payments_of(sub.paid_through).find(|(_, p)| !refunded_in_full(p));
-            match standing.or_else(|| payments_of(sub.paid_through).last()) {
+            match standing.or_else(|| payments_of(sub.paid_through).next_back()) {
                 Some((_, p)) if refunded_in_full(p) => breach(
                     11,
                     format!(

@@ -716,7 +716,7 @@ fn run(seed: u64, ops: usize) -> u64 {
                                 if credits.is_positive()
                                     && let Some(k) = h.payments.iter().rposition(|pay| pay.grant_ids == ids)
                                 {
-                                    h.payments[k].prorated = h.payments[k].prorated + credits;
+                                    h.payments[k].prorated += credits;
                                     *m.prorated.entry(k).or_default() += modelled;
                                 }
                             }
@@ -878,7 +878,7 @@ fn refund_payment(h: &mut Harness, m: &mut Model, k: usize, label: &str) {
         h.op(engine::unpay_renewal).unwrap();
         let left = p.credits - p.refunded;
         let p = &mut h.payments[k];
-        p.refunded = p.refunded + left;
+        p.refunded += left;
         p.refunds.push(RefundFacts { credits: left, lapsed: left, ..RefundFacts::default() });
         let s = m.sub.as_mut().unwrap();
         s.paid_through = s.period;
@@ -934,7 +934,7 @@ fn refund_payment(h: &mut Harness, m: &mut Model, k: usize, label: &str) {
         other => other.unwrap_or_else(|e| panic!("{label}: refund {e}")),
     };
     let p = &mut h.payments[k];
-    p.refunded = p.refunded + done.credits;
+    p.refunded += done.credits;
     p.refunds.push(RefundFacts {
         credits: done.credits,
         from_grants: done.from_grants,
