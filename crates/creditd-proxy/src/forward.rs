@@ -52,6 +52,8 @@ const ERROR_BODY_MAX: usize = 1 << 20;
 const ANSWER_BODY_MAX: usize = 64 << 20;
 /// Settle attempts when the store fails (a settle is idempotent by request id).
 const SETTLE_ATTEMPTS: u32 = 4;
+/// Inputs longer than this are counted on a blocking thread.
+const TOKENIZE_INLINE_BYTES_MAX: usize = 64 << 10;
 /// Request types the proxy meters as.
 const REQUEST_TYPE: &str = "chat";
 
@@ -178,7 +180,18 @@ async fn prepare(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Prepare
     let model = proxy.app.store.model(&price_id).await.map_err(|e| fail(e.into()))?.ok_or_else(|| fail(unknown()))?;
 
     let counter = Counter::for_model(provider, &parsed.model);
-    let input_estimate = tokens::estimate_input(counter, &parsed);
+    // Counting a long input takes a while: not on a thread that serves other requests.
+    let (parsed, input_estimate) = if parsed.input_text.len() > TOKENIZE_INLINE_BYTES_MAX {
+        tokio::task::spawn_blocking(move || {
+            let estimate = tokens::estimate_input(counter, &parsed);
+            (parsed, estimate)
+        })
+        .await
+        .map_err(|_| fail(ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the count failed")))?
+    } else {
+        let estimate = tokens::estimate_input(counter, &parsed);
+        (parsed, estimate)
+    };
     let output_estimate = tokens::estimate_output(&parsed, model.price.max_output_tokens);
     let request_id = format!("px_{}", uuid::Uuid::now_v7().simple());
     let authorize = AuthorizeRequest {
