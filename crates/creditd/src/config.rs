@@ -238,6 +238,12 @@ pub struct Payments {
 #[derive(Clone, Debug, Default)]
 pub struct Creem {
     pub webhook_secret: Option<Secret>,
+    /// For the dashboard's checkouts (`POST {api_base}/v1/checkouts`).
+    pub api_key: Option<Secret>,
+    /// `https://api.creem.io` by default (`https://test-api.creem.io`: test mode).
+    pub api_base: Option<String>,
+    /// How the dashboard shows each product (`label`, `price_usd`).
+    pub product_display: BTreeMap<String, (Option<String>, Option<Usd>)>,
     pub min_topup_usd: Option<Usd>,
     /// By Creem product id.
     pub products: BTreeMap<String, Product>,
@@ -246,6 +252,10 @@ pub struct Creem {
 #[derive(Clone, Debug, Default)]
 pub struct NowPayments {
     pub ipn_secret: Option<Secret>,
+    /// For the dashboard's invoices (`POST {api_base}/v1/invoice`).
+    pub api_key: Option<Secret>,
+    /// `https://api.nowpayments.io` by default.
+    pub api_base: Option<String>,
     pub min_topup_usd: Option<Usd>,
 }
 
@@ -665,6 +675,10 @@ struct RawCreem {
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_secret: Option<Scalar>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     min_topup_usd: Option<Scalar>,
     products: BTreeMap<String, RawProduct>,
 }
@@ -674,6 +688,10 @@ struct RawCreem {
 struct RawNowPayments {
     #[serde(skip_serializing_if = "Option::is_none")]
     ipn_secret: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_base: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     min_topup_usd: Option<Scalar>,
 }
@@ -696,6 +714,10 @@ struct RawProduct {
     kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     credits: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price_usd: Option<Scalar>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -1176,20 +1198,50 @@ impl Validator<'_> {
         let min = |key: &str, v: &Option<Scalar>| v.as_ref().map(|v| self.usd(key, v, MAX_PRICE)).transpose();
         if let Some(creem) = raw.creem {
             payments.creem.webhook_secret = self.secret(creem.webhook_secret);
+            payments.creem.api_key = self.secret(creem.api_key);
+            payments.creem.api_base = self.api_base("payments.creem.api_base", creem.api_base)?;
             payments.creem.min_topup_usd = min("payments.creem.min_topup_usd", &creem.min_topup_usd)?;
             for (id, product) in creem.products {
-                let product = self.product(&format!("payments.creem.products.{id}"), product, plans)?;
+                let key = format!("payments.creem.products.{id}");
+                let price = product
+                    .price_usd
+                    .as_ref()
+                    .map(|v| self.usd(&format!("{key}.price_usd"), v, MAX_PRICE))
+                    .transpose()?;
+                let label = product.label.clone().filter(|l| !l.trim().is_empty());
+                if label.as_ref().is_some_and(|l| l.chars().count() > 80) {
+                    return Err(self.error(&format!("{key}.label"), "must be at most 80 characters"));
+                }
+                payments.creem.product_display.insert(id.clone(), (label, price));
+                let product = RawProduct { label: None, price_usd: None, ..product };
+                let product = self.product(&key, product, plans)?;
                 payments.creem.products.insert(id, product);
             }
         }
         if let Some(now) = raw.nowpayments {
             payments.nowpayments.ipn_secret = self.secret(now.ipn_secret);
+            payments.nowpayments.api_key = self.secret(now.api_key);
+            payments.nowpayments.api_base = self.api_base("payments.nowpayments.api_base", now.api_base)?;
             payments.nowpayments.min_topup_usd = min("payments.nowpayments.min_topup_usd", &now.min_topup_usd)?;
         }
         if let Some(manual) = raw.manual {
             payments.manual_min_topup_usd = min("payments.manual.min_topup_usd", &manual.min_topup_usd)?;
         }
         Ok(payments)
+    }
+
+    /// An API base URL (`https://…`, or `http://…` for a local stand-in).
+    fn api_base(&self, key: &str, raw: Option<String>) -> Result<Option<String>, ConfigError> {
+        match raw.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url)
+                if (url.starts_with("https://") || url.starts_with("http://"))
+                    && !url.contains(char::is_whitespace) =>
+            {
+                Ok(Some(url.trim_end_matches('/').to_string()))
+            }
+            Some(url) => Err(self.error(key, format!("{url:?} is not a URL such as \"https://api.creem.io\""))),
+        }
     }
 
     fn product(&self, key: &str, raw: RawProduct, plans: &BTreeMap<String, Plan>) -> Result<Product, ConfigError> {

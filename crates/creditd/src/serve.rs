@@ -97,6 +97,25 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         dashboard: creditd_server::dashboard::DashboardConfig {
             public_url: config.server.public_url.clone(),
             currencies: config.display.currencies.iter().map(|(c, r)| (c.clone(), *r)).collect(),
+            creem: config.payments.creem.api_key.as_ref().map(|key| {
+                let base = config.payments.creem.api_base.as_deref().unwrap_or("https://api.creem.io");
+                creditd_server::dashboard::ProviderApi::new(key.expose(), base)
+            }),
+            nowpayments: config.payments.nowpayments.api_key.as_ref().map(|key| {
+                let base = config.payments.nowpayments.api_base.as_deref().unwrap_or("https://api.nowpayments.io");
+                creditd_server::dashboard::ProviderApi::new(key.expose(), base)
+            }),
+            products: config
+                .payments
+                .creem
+                .product_display
+                .iter()
+                .map(|(id, (label, price_usd))| {
+                    let display =
+                        creditd_server::dashboard::ProductDisplay { label: label.clone(), price_usd: *price_usd };
+                    (id.clone(), display)
+                })
+                .collect(),
         },
     };
     let app = App::new(store.clone(), clock, test_clock, server_config);

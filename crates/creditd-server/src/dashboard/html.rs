@@ -193,6 +193,7 @@ pub fn page(title: &str, chrome: Option<&Chrome<'_>>, body: &str) -> String {
             (Tab::Overview, "/dashboard", "Overview"),
             (Tab::Usage, "/dashboard/usage", "Usage"),
             (Tab::Ledger, "/dashboard/ledger", "Credit record"),
+            (Tab::Manage, "/dashboard/manage", "Manage"),
         ] {
             let current = if tab == c.tab { " aria-current=\"page\"" } else { "" };
             let _ = write!(out, "<li><a href=\"{href}\"{current}>{label}</a></li>");

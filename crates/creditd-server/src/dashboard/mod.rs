@@ -12,14 +12,16 @@
 
 pub mod html;
 mod ledger;
+mod manage;
 mod overview;
+pub mod providers;
 pub mod session;
 mod usage;
 
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -33,6 +35,9 @@ use crate::state::AppState;
 use html::esc;
 use session::Session;
 
+pub use manage::ProductDisplay;
+pub use providers::ProviderApi;
+
 /// What the dashboard needs from the configuration.
 #[derive(Clone, Debug, Default)]
 pub struct DashboardConfig {
@@ -41,6 +46,12 @@ pub struct DashboardConfig {
     pub public_url: Option<String>,
     /// `[display.currencies]`: units of each currency per 1 USD.
     pub currencies: Vec<(String, Factor)>,
+    /// `payments.creem.api_key` and `api_base`: card top-ups, packs and plans.
+    pub creem: Option<ProviderApi>,
+    /// `payments.nowpayments.api_key` and `api_base`: crypto top-ups.
+    pub nowpayments: Option<ProviderApi>,
+    /// How each Creem product is shown, by product id.
+    pub products: HashMap<String, ProductDisplay>,
 }
 
 impl DashboardConfig {
@@ -60,29 +71,54 @@ pub const PATHS: &[&str] = &[
     "/dashboard/usage/export",
     "/dashboard/ledger",
     "/dashboard/logout",
+    "/dashboard/manage",
+    "/dashboard/manage/switch",
+    "/dashboard/manage/checkout",
+    "/dashboard/manage/crypto",
+    "/dashboard/manage/cancel",
     "/dashboard/assets/{name}",
 ];
 
 /// The dashboard's routes (merged into the API's router).
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
+        .route("/dashboard/manage", get(manage_page))
+        .route("/dashboard/manage/switch", get(switch_page))
+        .route("/dashboard/manage/checkout", post(manage_checkout))
+        .route("/dashboard/manage/crypto", post(manage_crypto))
+        .route("/dashboard/manage/cancel", post(manage_cancel))
         .route("/dashboard", get(overview_or_sign_in))
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage/export", get(usage_export))
         .route("/dashboard/ledger", get(ledger_page))
         .route("/dashboard/logout", post(logout))
         .route("/dashboard/assets/{name}", get(asset))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(state, security_headers))
 }
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-     connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+/// The Content-Security-Policy: scripts, styles and images from creditd
+/// only, no inline script. A form may lead to creditd or, through the
+/// redirect a payment button answers, to a provider's https page (or a
+/// plain-http stand-in configured as a provider's API base).
+fn csp(state: &AppState) -> HeaderValue {
+    let c = config(state);
+    let mut form_action = String::from("'self' https:");
+    for origin in [&c.creem, &c.nowpayments].into_iter().flatten().filter_map(ProviderApi::http_origin) {
+        form_action.push(' ');
+        form_action.push_str(&origin);
+    }
+    let text = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+         form-action {form_action}; base-uri 'none'; frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+}
 
 /// Every dashboard answer: the CSP and friends; pages are never cached.
-async fn security_headers(request: Request, next: Next) -> Response {
+async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::CONTENT_SECURITY_POLICY, csp(&state));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -235,6 +271,85 @@ async fn logout(
         return csrf_refused();
     }
     session::sign_out(&state, &session).await
+}
+
+async fn manage_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let session = match Session::from_headers(&state, &headers).await {
+        Ok(s) => s,
+        Err(page) => return page,
+    };
+    let result = match query_map(query) {
+        Ok(q) => manage::page(&state, &session, &q).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn switch_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let session = match Session::from_headers(&state, &headers).await {
+        Ok(s) => s,
+        Err(page) => return page,
+    };
+    let result = match query_map(query) {
+        Ok(q) => manage::switch_page(&state, &session, &q).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The session and the fields of a form that carries its CSRF token.
+async fn form_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: Result<Fields, FormRejection>,
+) -> Result<(Session, HashMap<String, String>), Response> {
+    let session = Session::from_headers(state, headers).await?;
+    let fields = form.map(|Form(f)| f).unwrap_or_default();
+    if !session.csrf_ok(fields.get("csrf").map(String::as_str)) {
+        return Err(csrf_refused());
+    }
+    Ok((session, fields))
+}
+
+async fn manage_checkout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Fields, FormRejection>,
+) -> Response {
+    match form_session(&state, &headers, form).await {
+        Ok((session, fields)) => manage::checkout(&state, &session, &headers, &fields).await,
+        Err(page) => page,
+    }
+}
+
+async fn manage_crypto(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Fields, FormRejection>,
+) -> Response {
+    match form_session(&state, &headers, form).await {
+        Ok((session, fields)) => manage::crypto(&state, &session, &headers, &fields).await,
+        Err(page) => page,
+    }
+}
+
+async fn manage_cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Fields, FormRejection>,
+) -> Response {
+    match form_session(&state, &headers, form).await {
+        Ok((session, _)) => manage::cancel(&state, &session).await,
+        Err(page) => page,
+    }
 }
 
 /// The embedded assets.

@@ -111,7 +111,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(r.path, r.handler);
     }
     router
-        .merge(crate::dashboard::router())
+        .merge(crate::dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(axum::Extension(crate::extract::BodyReadTimeout(
