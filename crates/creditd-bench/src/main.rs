@@ -5,6 +5,7 @@
 //! store, or with `--postgres` on a PostgreSQL database through one or more
 //! store instances (each its own writer, as separate `creditd serve`s would be).
 
+mod chaos;
 mod export;
 mod history;
 
@@ -68,6 +69,11 @@ enum Bench {
     /// Streaming usage export of 1,000,000 records: HTTP, `creditd export`
     /// and `sqlite3 -csv` as the baseline (rows/s, peak RSS).
     Export(export::ExportArgs),
+    /// Several `creditd serve` on one PostgreSQL database under mixed load
+    /// while instances are killed, connections terminated and COMMIT
+    /// answers cut; then: every acknowledged operation exactly once, and
+    /// `creditd audit` (scripts/chaos-postgres).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn model() -> ModelPrice {
@@ -250,6 +256,7 @@ async fn main() -> Result<()> {
             inprocess(Inprocess { accounts, callers, seconds, hot, postgres, instances, writers }).await
         }
         Bench::Export(args) => export::run(args).await,
+        Bench::Chaos(args) => tokio::task::spawn_blocking(move || chaos::run(args)).await?,
         Bench::Seed { db, accounts, history } => {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
                 &db,

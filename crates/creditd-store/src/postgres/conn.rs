@@ -574,6 +574,15 @@ impl PgConn {
         pg_error(e)
     }
 
+    /// The error of a statement after an earlier one failed: of the kind
+    /// of that failure (a lost connection stays `Unavailable`, a 503).
+    fn already_failed(&self) -> StoreError {
+        match self.failure.get() {
+            Failure::Connection => StoreError::Unavailable("the connection to PostgreSQL was lost".into()),
+            _ => StoreError::Internal("the transaction already failed".into()),
+        }
+    }
+
     /// Begins the transaction, locks the accounts, and notes the
     /// transaction's id (see [`WriterDb::begin_batch`]).
     fn try_begin(&self, accounts: &[&str], requests: &[(&str, &str)]) -> Result<Begun, StoreError> {
@@ -756,7 +765,7 @@ impl PgConn {
         then: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         if self.failed.get() {
-            return Err(StoreError::Internal("the transaction already failed".into()));
+            return Err(self.already_failed());
         }
         let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
         // Open savepoints that nothing follows yet stay unsent (a command
@@ -815,11 +824,7 @@ impl PgConn {
 
     fn flush(&self) -> Result<(), StoreError> {
         if self.deferred.borrow().is_empty() {
-            return if self.failed.get() {
-                Err(StoreError::Internal("the transaction already failed".into()))
-            } else {
-                Ok(())
-            };
+            return if self.failed.get() { Err(self.already_failed()) } else { Ok(()) };
         }
         self.flush_then(async |_| Ok(()))
     }
