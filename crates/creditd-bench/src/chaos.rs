@@ -57,6 +57,9 @@ pub struct ChaosArgs {
     /// `pg_ctlcluster --skip-systemctl-redirect 15 main restart`; one of the faults.
     #[arg(long)]
     restart_postgres: Option<String>,
+    /// Keep the instances' logs even when the run passes.
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 /// What an operation was, to look for it afterwards.
@@ -465,6 +468,11 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         std::thread::sleep(Duration::from_secs_f64(args.fault_every));
         let kind = kinds[turn % kinds.len()];
         turn += 1;
+        let acknowledged = tally.ops.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(_, a)| *a).count();
+        eprintln!(
+            "  {:>5.1} s: {kind} ({acknowledged} operations acknowledged so far)",
+            started.elapsed().as_secs_f64()
+        );
         let ports = cluster.ports();
         match kind {
             "kill -9 + restart" => {
@@ -633,6 +641,10 @@ pub fn run(args: ChaosArgs) -> Result<()> {
             cluster.dir.display()
         );
     }
-    let _ = std::fs::remove_dir_all(&cluster.dir);
+    if args.keep_logs {
+        println!("instance logs: {}", cluster.dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&cluster.dir);
+    }
     Ok(())
 }
