@@ -12,6 +12,7 @@ pub mod invariants;
 pub mod ledger;
 pub mod limits;
 pub mod plan;
+pub mod price_import;
 pub mod pricing;
 pub mod proration;
 pub mod subscription;

@@ -31,24 +31,40 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let declared =
-            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
-        }
-        let timeout = req.extensions().get::<BodyReadTimeout>().map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
-        let body = req.into_body();
-        let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-        // The whole body within the timeout, however it trickles in (a byte
-        // a second would otherwise hold the connection for hours).
-        match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await {
-            Err(_) => Err(ApiError::request_timeout(timeout)),
-            Ok(Ok(collected)) => Ok(Body(collected.to_bytes())),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(ApiError::payload_too_large(MAX_BODY_BYTES))
-            }
-            Ok(Err(_)) => Err(ApiError::invalid("the request body could not be read")),
-        }
+        collect(req, MAX_BODY_BYTES).await.map(Body)
+    }
+}
+
+/// The body of `POST /v1/model-imports`: a whole price map, at most 32 MiB.
+pub struct ImportBody(pub Bytes);
+
+/// LiteLLM's map is about 3.5 MB and grows.
+pub const MAX_IMPORT_BYTES: usize = 32 << 20;
+
+impl<S: Send + Sync> FromRequest<S> for ImportBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        collect(req, MAX_IMPORT_BYTES).await.map(ImportBody)
+    }
+}
+
+async fn collect(req: Request, max: usize) -> ApiResult<Bytes> {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::payload_too_large(max));
+    }
+    let timeout = req.extensions().get::<BodyReadTimeout>().map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
+    let body = req.into_body();
+    let limited = http_body_util::Limited::new(body, max);
+    // The whole body within the timeout, however it trickles in (a byte
+    // a second would otherwise hold the connection for hours).
+    match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await {
+        Err(_) => Err(ApiError::request_timeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(max)),
+        Ok(Err(_)) => Err(ApiError::invalid("the request body could not be read")),
     }
 }
 

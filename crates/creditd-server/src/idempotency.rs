@@ -42,6 +42,7 @@ pub fn reply_name(reply: &Reply) -> &'static str {
         Reply::ProxyKey(_) => "ProxyKey",
         Reply::Touched => "Touched",
         Reply::Replayed(_) => "Replayed",
+        Reply::Imported(_) => "Imported",
     }
 }
 

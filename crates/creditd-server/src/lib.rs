@@ -10,6 +10,7 @@ pub mod dto;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod payments;

@@ -21,6 +21,7 @@ use creditd_core::engine::{Authorized, Context, NewGrant, Outcome, Recorded, Ref
 use creditd_core::invariants::Breach;
 use creditd_core::ledger::{EntryKind, LedgerEntry};
 use creditd_core::plan::{Plan, PlanBook};
+use creditd_core::price_import::{ImportAction, ImportOptions, ImportedPrice};
 use creditd_core::pricing::{EstimateInput, ModelPrice, PricingPolicy, RequestStatus};
 use creditd_core::subscription::{Subscription, SubscriptionKind};
 use creditd_core::units::{Credits, Usd};
@@ -321,6 +322,10 @@ pub enum Command {
         id: String,
         at: Timestamp,
     },
+    /// A price map's models, written in one savepoint (`docs/import.md`).
+    ImportModels {
+        import: ModelImport,
+    },
 }
 
 impl Command {
@@ -356,7 +361,8 @@ impl Command {
             | Command::TouchProxyKey { .. }
             | Command::CreateSession { .. }
             | Command::RevokeSessions { .. }
-            | Command::RevokeAccountToken { .. } => None,
+            | Command::RevokeAccountToken { .. }
+            | Command::ImportModels { .. } => None,
         }
     }
 }
@@ -410,6 +416,39 @@ pub enum Reply {
     Touched,
     /// An `Idempotency-Key` seen before with the same body: the first answer.
     Replayed(StoredResponse),
+    /// What an import did (or, dry or refused, would do) to each model.
+    Imported(ImportOutcome),
+}
+
+/// A price map's models to write into the price book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelImport {
+    /// Where the prices came from (`litellm`, `modelsdev`), recorded with each version written.
+    pub format: String,
+    pub models: Vec<(String, ImportedPrice)>,
+    pub options: ImportOptions,
+    /// Decide everything, write nothing.
+    pub dry_run: bool,
+}
+
+/// One model of an import and what was done to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedModel {
+    pub id: String,
+    pub action: ImportAction,
+    /// The version current before the import.
+    pub previous: Option<ModelVersion>,
+    /// The version written (none when dry, refused, unchanged or kept).
+    pub price_version: Option<i64>,
+}
+
+/// What an import did. `applied` is false for a dry run and for an import
+/// refused because a rate moves more than 10× without `force` (then nothing
+/// was written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportOutcome {
+    pub models: Vec<ImportedModel>,
+    pub applied: bool,
 }
 
 /// The first answer to a call made with an `Idempotency-Key`.

@@ -33,6 +33,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manages the price book.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Manages an account's metering-proxy keys (docs/proxy.md).
     ProxyKeys {
         #[command(subcommand)]
@@ -181,6 +186,53 @@ pub enum RoleArg {
     Gateway,
     /// Everything.
     Admin,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Imports a public price map (LiteLLM or models.dev) into the price book (docs/import.md).
+    Import(ModelsImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsImportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The price map's format.
+    #[arg(long, value_enum)]
+    pub format: ImportFormat,
+    /// The price map (LiteLLM's model_prices_and_context_window.json, models.dev's api.json)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Only this provider's models (litellm_provider, or the models.dev provider key); repeatable
+    #[arg(long, value_name = "P")]
+    pub provider: Vec<String>,
+    /// Only this model; repeatable
+    #[arg(long, value_name = "MODEL")]
+    pub only: Vec<String>,
+    /// Set every imported model's multiplier [default: keep the current one; 1 for new models]
+    #[arg(long, value_name = "X")]
+    pub multiplier: Option<String>,
+    /// Print what would change; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow a rate to move more than 10x
+    #[arg(long)]
+    pub force: bool,
+    /// Also replace models whose current price was set by the operator (API or configuration)
+    #[arg(long)]
+    pub overwrite_edits: bool,
+    /// Print the report as JSON (the body of POST /v1/model-imports)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// LiteLLM's model_prices_and_context_window.json (USD per token).
+    Litellm,
+    /// models.dev's api.json (USD per million tokens).
+    Modelsdev,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod export;
+pub mod models;
 pub mod net;
 pub mod proxy_keys;
 pub mod serve;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, KeysCommand};
+use crate::cli::{Cli, Command, KeysCommand, ModelsCommand};
 
 /// Why a command stopped, and with which exit code.
 #[derive(Debug)]
@@ -76,6 +77,7 @@ pub fn run() -> ExitCode {
                 Command::Export(args) => export::export(&args).await,
                 Command::Keys { command: KeysCommand::Create(args) } => commands::create_key(&args).await,
                 Command::ProxyKeys { command } => proxy_keys::run(&command).await,
+                Command::Models { command: ModelsCommand::Import(args) } => models::import(&args).await,
             }
         }),
         Err(e) => Err(Failure::runtime(format!("cannot start the async runtime: {e}"))),

@@ -7,6 +7,7 @@
 mod account;
 mod common;
 mod grant;
+mod import;
 mod metering;
 mod model;
 mod plan;
@@ -17,6 +18,7 @@ mod webhook;
 pub use account::*;
 pub use common::*;
 pub use grant::*;
+pub use import::*;
 pub use metering::*;
 pub use model::*;
 pub use plan::*;

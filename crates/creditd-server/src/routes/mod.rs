@@ -47,6 +47,7 @@ pub fn table() -> Vec<RouteDef> {
         route("GET", "/v1/test/clock", get(ops::get_clock)),
         route("POST", "/v1/test/clock", post(ops::set_clock)),
         route("GET", "/v1/models", get(models::list)),
+        route("POST", "/v1/model-imports", post(models::import)),
         route("PUT", "/v1/models/{*model}", put(models::put)),
         route("GET", "/v1/models/{*model}", get(models::get)),
         route("GET", "/v1/plans", get(plans::list)),

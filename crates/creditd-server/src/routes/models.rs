@@ -3,13 +3,17 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use creditd_core::price_import::ImportOptions;
+use creditd_core::pricing::MAX_MULTIPLIER;
+use creditd_core::units::Factor;
 use creditd_store::{Command, Reply};
 
 use crate::auth::{Access, Caller};
 use crate::dto::{List, ModelIn, ModelOut};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, PathParams};
+use crate::extract::{Body, ImportBody, PathParams, QueryParams};
 use crate::idempotency::{execute, unexpected};
+use crate::import::{Filter, Format};
 use crate::respond::{Rendered, ok};
 use crate::state::AppState;
 use crate::validate;
@@ -41,4 +45,47 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Re
     caller.require(Access::Admin)?;
     let models = state.store.models().await?;
     ok(&List { data: models.iter().map(ModelOut::from).collect(), next_cursor: None })
+}
+
+/// `POST /v1/model-imports?format=litellm|modelsdev&provider=a,b&only=m1,m2&multiplier=X&dry_run&force&overwrite_edits`:
+/// the body is the price map itself (`docs/import.md`). `200` with the
+/// report; `409 conflict` with the report in `details` when a rate moves
+/// more than 10× without `force` (nothing is written).
+pub async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: QueryParams,
+    body: ImportBody,
+) -> ApiResult<Response> {
+    caller.require(Access::Admin)?;
+    let format = query
+        .get("format")
+        .and_then(Format::parse)
+        .ok_or_else(|| ApiError::invalid_field("format", "must be litellm or modelsdev"))?;
+    let list = |key: &str| -> Vec<String> {
+        query.get(key).map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+    };
+    let filter = Filter { providers: list("provider"), only: list("only") };
+    let multiplier = match query.get("multiplier") {
+        None => None,
+        Some(text) => Some(
+            Factor::parse(text)
+                .ok()
+                .filter(|m| !m.is_negative() && *m <= MAX_MULTIPLIER)
+                .ok_or_else(|| ApiError::invalid_field("multiplier", "must be a decimal from 0 to 1000"))?,
+        ),
+    };
+    let options =
+        ImportOptions { multiplier, force: query.bool("force")?, overwrite_edits: query.bool("overwrite_edits")? };
+    let dry_run = query.bool("dry_run")?;
+    let report = crate::import::run(state.store.as_ref(), format, &body.0, &filter, options, dry_run).await?;
+    if report.counts.needs_force > 0 {
+        let details = serde_json::to_value(&report).map_err(|e| ApiError::internal(e.to_string()))?;
+        return Err(ApiError::conflict(format!(
+            "{} models would move more than 10x; nothing was written (pass force=true to import anyway)",
+            report.counts.needs_force
+        ))
+        .with_detail("report", details));
+    }
+    ok(&report)
 }

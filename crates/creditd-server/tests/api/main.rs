@@ -10,6 +10,7 @@ mod dashboard;
 mod dashboard_manage;
 mod grants;
 mod idempotency;
+mod imports;
 mod keys;
 mod ledger;
 mod metering;

@@ -10,7 +10,7 @@ use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS), (5, V5_DASHBOARD_SESSIONS)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS), (5, V5_DASHBOARD_SESSIONS), (6, V6_MODEL_IMPORTS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -349,6 +349,19 @@ CREATE TABLE dashboard_sessions (
 );
 CREATE INDEX dashboard_sessions_by_account ON dashboard_sessions(account_id);
 CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
+"#;
+
+/// Price-map imports (`docs/import.md`): each model version an import wrote.
+/// A model whose current version is not here was set by the operator (API
+/// or configuration), and an import leaves it alone unless asked.
+const V6_MODEL_IMPORTS: &str = r#"
+CREATE TABLE model_imports (
+    id            TEXT COLLATE "C" NOT NULL,
+    price_version BIGINT NOT NULL,
+    format        TEXT NOT NULL,
+    imported_at   BIGINT NOT NULL,
+    PRIMARY KEY (id, price_version)
+);
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

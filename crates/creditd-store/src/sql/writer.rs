@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, truncate};
 use super::{Db, DbExt, WriterDb, params, rows};
 
+mod imports;
 mod webhooks;
 use crate::{
     AccountRow, Clock, Command, EngineConfig, Idempotent, ModelVersion, Reply, StoreError, StoredResponse,
@@ -70,6 +71,8 @@ enum Pending {
     },
     /// Boxed: price changes are rare, account commands are the hot path.
     Model(Box<ModelVersion>),
+    /// The versions an import wrote.
+    Models(Vec<ModelVersion>),
     Plan(Box<Plan>),
 }
 
@@ -556,6 +559,11 @@ impl<C: WriterDb> Writer<C> {
             Pending::Model(model) => {
                 self.book.current.insert(model.id.clone(), *model);
             }
+            Pending::Models(models) => {
+                for model in models {
+                    self.book.current.insert(model.id.clone(), model);
+                }
+            }
             Pending::Plan(plan) => {
                 self.book.plans.insert(*plan);
             }
@@ -988,6 +996,7 @@ impl<C: WriterDb> Writer<C> {
             }
             Command::WebhookEvent { event } => self.webhook_event(event, background),
             Command::Ping => Ok((Reply::Swept, Pending::Nothing)),
+            Command::ImportModels { import } => self.import_models(import),
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::StoreError;
 
 /// Append only: a released migration is never edited, a change is a new one.
 const MIGRATIONS: &[(i64, &str)] =
-    &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6_PROXY_KEYS), (7, V7_DASHBOARD_SESSIONS)];
+    &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6_PROXY_KEYS), (7, V7_DASHBOARD_SESSIONS), (8, V8_MODEL_IMPORTS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -328,6 +328,19 @@ CREATE TABLE dashboard_sessions (
 );
 CREATE INDEX dashboard_sessions_by_account ON dashboard_sessions(account_id);
 CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
+"#;
+
+/// Price-map imports (`docs/import.md`): each model version an import wrote.
+/// A model whose current version is not here was set by the operator (API
+/// or configuration), and an import leaves it alone unless asked.
+const V8_MODEL_IMPORTS: &str = r#"
+CREATE TABLE model_imports (
+    id            TEXT NOT NULL,
+    price_version INTEGER NOT NULL,
+    format        TEXT NOT NULL,
+    imported_at   INTEGER NOT NULL,
+    PRIMARY KEY (id, price_version)
+);
 "#;
 
 /// The newest schema version this build knows.
