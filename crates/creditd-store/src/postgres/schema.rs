@@ -10,7 +10,8 @@ use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS), (5, V5_DASHBOARD_SESSIONS), (6, V6_MODEL_IMPORTS)];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS), (5, V5_DASHBOARD_SESSIONS), (6, V6_MODEL_IMPORTS)];
 
 const V1: &str = r#"
 CREATE TABLE accounts (

@@ -9,8 +9,16 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Append only: a released migration is never edited, a change is a new one.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6_PROXY_KEYS), (7, V7_DASHBOARD_SESSIONS), (8, V8_MODEL_IMPORTS)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, V4),
+    (5, V5),
+    (6, V6_PROXY_KEYS),
+    (7, V7_DASHBOARD_SESSIONS),
+    (8, V8_MODEL_IMPORTS),
+];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
