@@ -105,9 +105,44 @@ impl Body {
     fn parse_inner<T: DeserializeOwned>(&self, empty_ok: bool) -> ApiResult<Parsed<T>> {
         let value = self.json_value(empty_ok)?;
         let fingerprint = fingerprint(&value);
-        let parsed = T::deserialize(&value).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?;
+        let parsed = serde_path_to_error::deserialize(&value).map_err(body_error)?;
         Ok(Parsed { value: parsed, fingerprint })
     }
+}
+
+/// A body that does not fit its DTO, as a `400 invalid_request` naming the
+/// field: an unknown field (`expires_afer: unknown field`), a wrong type
+/// (`amount: expected a decimal string …, got integer 100`), a missing one.
+fn body_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let message = error.inner().to_string();
+    let join = |name: &str| if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+    if let Some(name) = between(&message, "unknown field `", "`") {
+        // The path already ends with the unknown key.
+        let field = if path.is_empty() { name.to_string() } else { path.clone() };
+        let known = message.split_once(", expected ").map(|(_, k)| k.replace('`', "")).unwrap_or_default();
+        let hint = if known.is_empty() { String::new() } else { format!(" (known fields: {known})") };
+        return ApiError::invalid_field(&field, format!("unknown field{hint}"));
+    }
+    if let Some(name) = between(&message, "missing field `", "`") {
+        return ApiError::invalid_field(&join(name), "is required");
+    }
+    let field = if path.is_empty() { "body".to_string() } else { path };
+    // serde: "invalid type: integer `100`, expected a string" → "expected …, got …".
+    let text = match message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: ")) {
+        Some(rest) => match rest.split_once(", expected ") {
+            Some((got, expected)) => format!("expected {expected}, got {}", got.replace('`', "")),
+            None => rest.to_string(),
+        },
+        None => message,
+    };
+    ApiError::invalid_field(&field, text)
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let rest = &text[text.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
 }
 
 /// SHA-256 (hex) of the canonical serialisation of a JSON value: keys sorted

@@ -16,6 +16,7 @@ use crate::validate;
 
 /// `POST /v1/accounts`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AccountIn {
     pub id: String,
     pub email: Option<String>,
@@ -85,6 +86,7 @@ impl AccountOut {
 
 /// `POST /v1/accounts/{id}/tokens`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenIn {
     pub ttl_seconds: Option<u64>,
 }
@@ -113,6 +115,7 @@ pub struct TokenOut {
 
 /// `POST /v1/keys`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyIn {
     pub role: String,
     pub name: Option<String>,

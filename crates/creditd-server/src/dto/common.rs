@@ -42,6 +42,7 @@ pub struct Health {
 
 /// `POST /v1/test/clock`: one of the two.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClockIn {
     pub now: Option<String>,
     pub advance_seconds: Option<i64>,
@@ -54,6 +55,39 @@ pub struct ClockOut {
 
 /// A body whose fields are all optional, for `suspend`, `resume`, `void`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReasonIn {
     pub reason: Option<String>,
+}
+
+/// An amount as the API takes it: a decimal string (`"12"`, `"0.5"`). Its
+/// own type so that a number or anything else is refused with the field
+/// named and "expected a decimal string".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decimal(pub String);
+
+impl std::ops::Deref for Decimal {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Decimal;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a decimal string such as \"12\" or \"0.5\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Decimal, E> {
+                Ok(Decimal(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Decimal, E> {
+                Ok(Decimal(v))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::common::Decimal;
 use crate::error::{ApiError, ApiResult};
 use crate::validate;
 
@@ -16,8 +17,9 @@ pub const TOPUP_PROVIDERS: [&str; 3] = ["manual", "creem", "nowpayments"];
 
 /// `POST /v1/accounts/{id}/grants`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrantIn {
-    pub amount: String,
+    pub amount: Decimal,
     pub kind: Option<String>,
     pub source: Option<String>,
     pub reason: Option<String>,
@@ -113,8 +115,9 @@ impl From<&Grant> for GrantOut {
 
 /// `POST /v1/accounts/{id}/wallet/topups`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TopupIn {
-    pub amount_usd: String,
+    pub amount_usd: Decimal,
     pub provider: String,
     pub external_id: Option<String>,
 }
@@ -141,8 +144,9 @@ impl TopupIn {
 
 /// `POST /v1/accounts/{id}/wallet/adjustments`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdjustmentIn {
-    pub amount: String,
+    pub amount: Decimal,
     pub reason: Option<String>,
 }
 
@@ -161,9 +165,10 @@ impl AdjustmentIn {
 
 /// `POST /v1/accounts/{id}/purchases`: a credit pack.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PurchaseIn {
-    pub credits: String,
-    pub amount_usd: String,
+    pub credits: Decimal,
+    pub amount_usd: Decimal,
     pub provider: Option<String>,
     pub external_id: Option<String>,
 }
@@ -208,9 +213,28 @@ impl WalletOut {
         WalletOut {
             balance: wallet.balance.to_string(),
             held: wallet.held.to_string(),
-            usd: wallet.balance.to_usd(credits_per_usd).map(|u| u.to_string()).unwrap_or_else(|| "0".to_string()),
+            usd: credits_in_usd(wallet.balance, credits_per_usd),
         }
     }
+}
+
+/// `credits / credits_per_usd` as a USD decimal string (9 decimals at most,
+/// rounded half up), computed in `i128`: a wallet past ~9.2·10^11 credits is
+/// more nano-dollars than `Usd` (an `i64`) holds, and used to read "0".
+pub fn credits_in_usd(credits: Credits, credits_per_usd: Factor) -> String {
+    let per_usd = i128::from(credits_per_usd.units());
+    if per_usd <= 0 {
+        return "0".to_string();
+    }
+    // µcr × 10^9 / (credits per USD in millionths) = nano-dollars.
+    let nano = creditd_core::units::div_round_half_up(i128::from(credits.units()) * 1_000_000_000, per_usd);
+    let sign = if nano < 0 { "-" } else { "" };
+    let (whole, frac) = (nano.unsigned_abs() / 1_000_000_000, nano.unsigned_abs() % 1_000_000_000);
+    if frac == 0 {
+        return if whole == 0 { "0".to_string() } else { format!("{sign}{whole}") };
+    }
+    let frac = format!("{frac:09}");
+    format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
 }
 
 /// The answer of a top-up or an adjustment.

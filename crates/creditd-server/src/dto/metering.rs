@@ -13,6 +13,7 @@ use crate::validate;
 
 /// Token and count fields of an estimate or authorize; absent = 0.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EstimateFields {
     pub input_tokens: Option<u64>,
     pub cache_read_tokens: Option<u64>,
@@ -37,12 +38,30 @@ impl EstimateFields {
 
 /// `POST /v1/estimate`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EstimateIn {
     pub model: String,
     pub account_id: Option<String>,
     pub request_type: Option<String>,
-    #[serde(flatten)]
-    pub fields: EstimateFields,
+    pub input_tokens: Option<u64>,
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub images: Option<u64>,
+    pub tool_calls: Option<u64>,
+}
+
+impl EstimateIn {
+    pub fn fields(&self) -> EstimateFields {
+        EstimateFields {
+            input_tokens: self.input_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            max_output_tokens: self.max_output_tokens,
+            images: self.images,
+            tool_calls: self.tool_calls,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -66,13 +85,18 @@ pub struct EstimateAccountOut {
 
 /// `POST /v1/authorize`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthorizeIn {
     pub account_id: String,
     pub request_id: String,
     pub model: String,
     pub request_type: Option<String>,
-    #[serde(flatten)]
-    pub fields: EstimateFields,
+    pub input_tokens: Option<u64>,
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub images: Option<u64>,
+    pub tool_calls: Option<u64>,
     pub hold_ttl_seconds: Option<u64>,
     pub project: Option<String>,
     pub conversation: Option<String>,
@@ -85,7 +109,15 @@ impl AuthorizeIn {
         validate::request_id("request_id", &self.request_id)?;
         validate::model_id("model", &self.model)?;
         let request_type = validate::request_type("request_type", self.request_type)?;
-        let estimate = self.fields.validate()?;
+        let estimate = EstimateFields {
+            input_tokens: self.input_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            max_output_tokens: self.max_output_tokens,
+            images: self.images,
+            tool_calls: self.tool_calls,
+        }
+        .validate()?;
         let max_ttl = u64::from(creditd_core::engine::MAX_HOLD_TTL_SECONDS);
         let hold_ttl_seconds = match self.hold_ttl_seconds {
             None => None,
@@ -229,6 +261,7 @@ impl From<&Usage> for UsageOut {
 
 /// The fields of a finished request shared by settle and one-shot usage.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutcomeFields {
     pub status: Option<String>,
     pub usage: Option<UsageIn>,
@@ -298,32 +331,77 @@ impl OutcomeFields {
 
 /// `POST /v1/settle`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SettleIn {
     pub account_id: String,
     pub request_id: String,
-    #[serde(flatten)]
-    pub outcome: OutcomeFields,
+    pub status: Option<String>,
+    pub usage: Option<UsageIn>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub latency_ms: Option<u64>,
+    pub project: Option<String>,
+    pub conversation: Option<String>,
+    pub region: Option<String>,
+    pub retries: Option<u64>,
+    pub iterations: Option<u64>,
+    pub external_calls: Option<u64>,
+    pub context_bytes: Option<u64>,
+    pub tools: Option<Vec<String>>,
+    pub metadata: Option<Value>,
 }
 
 impl SettleIn {
     pub fn validate(self, fingerprint: String) -> ApiResult<(String, Outcome)> {
-        validate::account_id("account_id", &self.account_id)?;
-        validate::request_id("request_id", &self.request_id)?;
-        let outcome = self.outcome.validate(self.request_id, fingerprint)?;
-        Ok((self.account_id, outcome))
+        let self_ = self;
+        validate::account_id("account_id", &self_.account_id)?;
+        validate::request_id("request_id", &self_.request_id)?;
+        let account_id = self_.account_id;
+        let request_id = self_.request_id;
+        let fields = OutcomeFields {
+            status: self_.status,
+            usage: self_.usage,
+            started_at: self_.started_at,
+            finished_at: self_.finished_at,
+            latency_ms: self_.latency_ms,
+            project: self_.project,
+            conversation: self_.conversation,
+            region: self_.region,
+            retries: self_.retries,
+            iterations: self_.iterations,
+            external_calls: self_.external_calls,
+            context_bytes: self_.context_bytes,
+            tools: self_.tools,
+            metadata: self_.metadata,
+        };
+        let outcome = fields.validate(request_id, fingerprint)?;
+        Ok((account_id, outcome))
     }
 }
 
 /// `POST /v1/usage`: a settle body plus the model, the request type and `enforce`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RecordUsageIn {
     pub account_id: String,
     pub request_id: String,
     pub model: String,
     pub request_type: Option<String>,
     pub enforce: Option<bool>,
-    #[serde(flatten)]
-    pub outcome: OutcomeFields,
+    pub status: Option<String>,
+    pub usage: Option<UsageIn>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub latency_ms: Option<u64>,
+    pub project: Option<String>,
+    pub conversation: Option<String>,
+    pub region: Option<String>,
+    pub retries: Option<u64>,
+    pub iterations: Option<u64>,
+    pub external_calls: Option<u64>,
+    pub context_bytes: Option<u64>,
+    pub tools: Option<Vec<String>>,
+    pub metadata: Option<Value>,
 }
 
 pub struct RecordUsage {
@@ -340,19 +418,31 @@ impl RecordUsageIn {
         validate::request_id("request_id", &self.request_id)?;
         validate::model_id("model", &self.model)?;
         let request_type = validate::request_type("request_type", self.request_type)?;
-        let outcome = self.outcome.validate(self.request_id, fingerprint)?;
-        Ok(RecordUsage {
-            account_id: self.account_id,
-            model: self.model,
-            request_type,
-            enforce: self.enforce.unwrap_or(true),
-            outcome,
-        })
+        let (account_id, model, enforce, request_id) = (self.account_id, self.model, self.enforce, self.request_id);
+        let self_ = OutcomeFields {
+            status: self.status,
+            usage: self.usage,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            latency_ms: self.latency_ms,
+            project: self.project,
+            conversation: self.conversation,
+            region: self.region,
+            retries: self.retries,
+            iterations: self.iterations,
+            external_calls: self.external_calls,
+            context_bytes: self.context_bytes,
+            tools: self.tools,
+            metadata: self.metadata,
+        };
+        let outcome = self_.validate(request_id, fingerprint)?;
+        Ok(RecordUsage { account_id, model, request_type, enforce: enforce.unwrap_or(true), outcome })
     }
 }
 
 /// `POST /v1/release`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseIn {
     pub account_id: String,
     pub request_id: String,

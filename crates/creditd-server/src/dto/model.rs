@@ -4,7 +4,9 @@ use creditd_core::pricing::{FlatRates, ModelPrice, Tier, TokenRates};
 use creditd_core::units::{Credits, Usd};
 use creditd_store::ModelVersion;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::common::Decimal;
 use crate::error::{ApiError, ApiResult};
 use crate::validate;
 
@@ -15,19 +17,19 @@ pub const MAX_TIERS: usize = 32;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRatesIn {
-    pub input: Option<String>,
-    pub cache_read: Option<String>,
-    pub cache_write: Option<String>,
-    pub output: Option<String>,
+    pub input: Option<Decimal>,
+    pub cache_read: Option<Decimal>,
+    pub cache_write: Option<Decimal>,
+    pub output: Option<Decimal>,
 }
 
 /// Flat rates per request, image and tool call; absent or `null`: not given.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlatRatesIn {
-    pub request: Option<String>,
-    pub image: Option<String>,
-    pub tool_call: Option<String>,
+    pub request: Option<Decimal>,
+    pub image: Option<Decimal>,
+    pub tool_call: Option<Decimal>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,15 +40,23 @@ pub struct TierIn {
     pub credits_per_mtok: Option<TokenRatesIn>,
 }
 
-/// `PUT /v1/models/{model}`. Unknown top-level fields (such as the `id` and
-/// `price_version` of a `GET`) are ignored so that a model read can be written back.
+/// `PUT /v1/models/{model}`. The read-only fields of a `GET` (`id`,
+/// `price_version`, `created_at`) are accepted and ignored, so that a model
+/// read can be written back; any other unknown field is refused.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelIn {
+    #[serde(default, rename = "id")]
+    pub _id: Option<Value>,
+    #[serde(default, rename = "price_version")]
+    pub _price_version: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    pub _created_at: Option<Value>,
     pub cost_usd_per_mtok: Option<TokenRatesIn>,
     pub cost_usd: Option<FlatRatesIn>,
     pub credits_per_mtok: Option<TokenRatesIn>,
     pub credits: Option<FlatRatesIn>,
-    pub multiplier: Option<String>,
+    pub multiplier: Option<Decimal>,
     pub free: Option<bool>,
     pub max_output_tokens: Option<u64>,
     pub tiers: Option<Vec<TierIn>>,
@@ -117,6 +127,22 @@ impl ModelIn {
             max_output_tokens: validate::count("max_output_tokens", self.max_output_tokens)
                 .map(|n| if self.max_output_tokens.is_some() { n } else { defaults.max_output_tokens })?,
         };
+        let (c, f) = (&price.cost_usd_per_mtok, &price.cost_usd);
+        let no_cost = [c.input, c.cache_read, c.cache_write, c.output, f.request, f.image, f.tool_call]
+            .iter()
+            .all(Option::is_none);
+        let (c, f) = (&price.credits_per_mtok, &price.credits);
+        let no_credits = [c.input, c.cache_read, c.cache_write, c.output, f.request, f.image, f.tool_call]
+            .iter()
+            .all(Option::is_none);
+        if no_cost && no_credits {
+            // Issue 18.6: every field null made a model that costs nothing.
+            return Err(ApiError::invalid(
+                "a model needs a price: give at least one rate in cost_usd_per_mtok, cost_usd, credits_per_mtok \
+                 or credits (\"0\" for a model that is meant to cost nothing)",
+            )
+            .with_detail("field", "cost_usd_per_mtok"));
+        }
         price.validate().map_err(|_| {
             ApiError::invalid(
                 "a price is out of bounds: rates 0 to 1000000 USD (or 10^9 credits), multiplier 0 to 1000, max_output_tokens at most 10^9",

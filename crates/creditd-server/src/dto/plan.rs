@@ -8,6 +8,7 @@ use creditd_core::units::Factor;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use super::common::Decimal;
 use crate::error::{ApiError, ApiResult};
 use crate::validate;
 
@@ -22,18 +23,19 @@ pub const MAX_PLAN_MODELS: usize = 1000;
 /// `PUT /v1/plans/{plan}`. A limit left out or `null` is no limit;
 /// `cost_budget_multiplier` left out is 10 (none on `free`), `null` is no budget.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanIn {
     pub name: Option<String>,
-    pub price_usd: String,
-    pub monthly_credits: Option<String>,
-    pub bonus_percent: Option<String>,
-    pub backup_multiplier: Option<String>,
+    pub price_usd: Decimal,
+    pub monthly_credits: Option<Decimal>,
+    pub bonus_percent: Option<Decimal>,
+    pub backup_multiplier: Option<Decimal>,
     pub rate_per_minute: Option<u64>,
     pub daily_requests: Option<u64>,
     pub weekly_requests: Option<u64>,
     pub model_access: Option<Value>,
     #[serde(default, deserialize_with = "present")]
-    pub cost_budget_multiplier: Option<Option<String>>,
+    pub cost_budget_multiplier: Option<Option<Decimal>>,
 }
 
 fn limit(field: &str, value: Option<u64>) -> ApiResult<Option<u32>> {
@@ -155,6 +157,7 @@ impl From<&Plan> for PlanOut {
 
 /// `POST /v1/accounts/{id}/subscription`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubscriptionIn {
     pub plan: String,
     pub kind: Option<String>,

@@ -45,8 +45,8 @@ pub async fn estimate(State(state): State<AppState>, caller: Caller, body: Body)
 async fn estimate_inner(state: &AppState, body: &Body) -> ApiResult<Response> {
     let input = body.parse::<EstimateIn>()?.value;
     validate::model_id("model", &input.model)?;
+    let estimate_input = input.fields().validate()?;
     let request_type = validate::request_type("request_type", input.request_type)?;
-    let estimate_input = input.fields.validate()?;
     let account = match &input.account_id {
         None => None,
         Some(id) => {

@@ -258,3 +258,73 @@ async fn odd_paths_and_queries_never_500() {
     // An unknown account cursor is past the end, not an error.
     assert!(api.get("/v1/accounts?cursor=zzzz").await.status.as_u16() < 500);
 }
+
+/// Issue 13.4: unknown JSON fields were ignored (`expires_afer` made a grant
+/// that never expires; `max_output_token` a hold at the model's maximum),
+/// and type errors did not name the field. Both are `400 invalid_request`
+/// naming the field, on every body, nested ones and metering ones too.
+#[tokio::test]
+async fn unknown_json_fields_are_silently_ignored() {
+    let api = Api::new().await;
+    api.sonnet().await;
+    api.account("u_1").await;
+    api.grant("u_1", "100").await;
+    let before = api.balance("u_1").await;
+    let cases = [
+        ("/v1/accounts/u_1/grants", json!({"amount": "10", "expires_afer": "P7D"}), "expires_afer"),
+        (
+            "/v1/authorize",
+            json!({"account_id": "u_1", "request_id": "r1", "model": SONNET, "input_tokens": 1, "max_output_token": 5}),
+            "max_output_token",
+        ),
+        ("/v1/estimate", json!({"model": SONNET, "input_tokenz": 1}), "input_tokenz"),
+        (
+            "/v1/settle",
+            json!({"account_id": "u_1", "request_id": "r1", "usage": {"input_tokens": 1}, "statuz": "success"}),
+            "statuz",
+        ),
+        (
+            "/v1/usage",
+            json!({"account_id": "u_1", "request_id": "r2", "model": SONNET, "usage": {"input_tokens": 1, "outputs": 2}}),
+            "usage.outputs",
+        ),
+        ("/v1/release", json!({"account_id": "u_1", "request_id": "r1", "hold_id": "x"}), "hold_id"),
+        ("/v1/accounts", json!({"id": "u_2", "emial": "a@b.c"}), "emial"),
+        ("/v1/keys", json!({"role": "gateway", "nmae": "x"}), "nmae"),
+        ("/v1/accounts/u_1/tokens", json!({"ttl": 60}), "ttl"),
+        ("/v1/accounts/u_1/wallet/topups", json!({"amount_usd": "1", "provider": "manual", "ref": "x"}), "ref"),
+        ("/v1/accounts/u_1/suspend", json!({"reason": "x", "until": "never"}), "until"),
+    ];
+    for (path, body, field) in cases {
+        let r = api.post(path, body.clone()).await;
+        let details = r.expect_error(400, "invalid_request");
+        assert_eq!(details["field"], field, "{path} {body}: {r:?}");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{field}: unknown field")), "{path}: {message}");
+    }
+    let r = api.put(&format!("/v1/models/{SONNET}"), json!({"cost_usd_per_mtok": {"input": "3", "ouput": "1"}})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "cost_usd_per_mtok.ouput");
+    let r = api.put("/v1/plans/pro", json!({"price_usd": "5", "monthly_credit": "10"})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "monthly_credit");
+
+    // Type errors name the field and what it expects.
+    let r = api.post("/v1/accounts/u_1/grants", json!({"amount": 100})).await;
+    let message = r.body["error"]["message"].as_str().unwrap().to_string();
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "amount");
+    assert!(message.starts_with("amount: expected a decimal string"), "{message}");
+    let r = api.post("/v1/estimate", json!({"model": SONNET, "input_tokens": "5"})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "input_tokens", "{r:?}");
+    let r = api
+        .post(
+            "/v1/usage",
+            json!({"account_id": "u_1", "request_id": "r3", "model": SONNET,
+                                           "usage": {"input_tokens": -1}}),
+        )
+        .await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "usage.input_tokens", "{r:?}");
+    let r = api.post("/v1/accounts/u_1/grants", json!({"kind": "promo"})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "amount", "{r:?}");
+    // Nothing refused changed anything.
+    assert_eq!(api.balance("u_1").await, before);
+    assert_eq!(api.get("/v1/accounts/u_1/grants").await.body["data"].as_array().unwrap().len(), 1);
+}

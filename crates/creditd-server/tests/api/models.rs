@@ -94,3 +94,22 @@ async fn model_errors() {
     api.get("/v1/models").await.expect(200);
     assert_eq!(api.get("/v1/models").await.body["data"], json!([]), "no refused PUT created a model");
 }
+
+/// Issue 18.6: `PUT /v1/models/x` with every field `null` made a model that
+/// costs nothing. A model needs at least one rate ("0" to mean free).
+#[tokio::test]
+async fn a_model_with_every_field_null_is_free() {
+    let api = Api::new().await;
+    for body in [
+        json!({}),
+        json!({"cost_usd_per_mtok": null, "cost_usd": null, "credits_per_mtok": null, "credits": null,
+               "multiplier": null, "free": null, "max_output_tokens": null, "tiers": null}),
+        json!({"cost_usd_per_mtok": {"input": null}, "cost_usd": {}, "free": true}),
+    ] {
+        let r = api.put("/v1/models/x", body.clone()).await;
+        r.expect_error(400, "invalid_request");
+    }
+    api.get("/v1/models/x").await.expect_error(404, "not_found");
+    let free = api.put("/v1/models/x", json!({"credits": {"request": "0"}, "free": true})).await;
+    assert_eq!(free.expect(200)["credits"]["request"], "0");
+}
