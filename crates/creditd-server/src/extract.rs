@@ -86,10 +86,15 @@ impl Body {
         }
         let value: Value = serde_json::from_slice(&self.0)
             .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
-        if !value.is_object() {
+        let Value::Object(mut map) = value else {
             return Err(ApiError::invalid("the body must be a JSON object"));
+        };
+        for (key, item) in map.iter_mut() {
+            if key != "metadata" {
+                integral_numbers(item);
+            }
         }
-        Ok(value)
+        Ok(Value::Object(map))
     }
 
     /// Parses the body into `T` (a DTO).
@@ -107,6 +112,26 @@ impl Body {
         let fingerprint = fingerprint(&value);
         let parsed = serde_path_to_error::deserialize(&value).map_err(body_error)?;
         Ok(Parsed { value: parsed, fingerprint })
+    }
+}
+
+/// JSON does not tell `3600` from `3600.0` (JSON Schema's `integer` takes
+/// both): a number with no fractional part, in the range where `f64` is
+/// exact, is read as the integer. Caller-owned `metadata` is left as sent.
+fn integral_numbers(value: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() <= EXACT
+            {
+                *value = if f < 0.0 { Value::from(f as i64) } else { Value::from(f as u64) };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers),
+        _ => {}
     }
 }
 

@@ -64,6 +64,12 @@ pub async fn get(State(state): State<AppState>, caller: Caller, path: PathParams
 pub async fn list(State(state): State<AppState>, caller: Caller, query: QueryParams) -> ApiResult<Response> {
     caller.require(Access::Admin)?;
     let page = query.page()?;
+    // The cursor is the last account id of the page before (issue 18.6:
+    // `?cursor=%FF%FE` answered an empty page).
+    if let Some(cursor) = &page.cursor {
+        validate::account_id("cursor", cursor)
+            .map_err(|_| ApiError::invalid_field("cursor", "is not a cursor of this list"))?;
+    }
     let accounts = state.store.accounts(page).await?;
     let mut data = Vec::with_capacity(accounts.data.len());
     for account in &accounts.data {

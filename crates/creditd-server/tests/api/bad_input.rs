@@ -328,3 +328,20 @@ async fn unknown_json_fields_are_silently_ignored() {
     assert_eq!(api.balance("u_1").await, before);
     assert_eq!(api.get("/v1/accounts/u_1/grants").await.body["data"].as_array().unwrap().len(), 1);
 }
+
+/// Issue 18.6: `GET /v1/accounts?cursor=%FF%FE` answered an empty 200 where
+/// the other lists refuse a cursor they did not give.
+#[tokio::test]
+async fn an_account_cursor_that_is_not_an_account_id_answers_an_empty_200() {
+    let api = Api::new().await;
+    api.account("u_1").await;
+    api.account("u_2").await;
+    for bad in ["%FF%FE", "a%20b", "%00", &"x".repeat(129)] {
+        let r = api.get(&format!("/v1/accounts?cursor={bad}")).await;
+        assert_eq!(r.expect_error(400, "invalid_request")["field"], "cursor", "{bad}");
+    }
+    let page = api.get("/v1/accounts?limit=1").await;
+    let next = page.expect(200)["next_cursor"].as_str().unwrap().to_string();
+    let rest = api.get(&format!("/v1/accounts?cursor={next}")).await;
+    assert_eq!(rest.expect(200)["data"][0]["id"], "u_2");
+}
