@@ -923,7 +923,8 @@ fn refund_payment(h: &mut Harness, m: &mut Model, k: usize, label: &str) {
     let counted: Credits = p.refunds.iter().map(|f| f.lapsed).sum();
     let lapsed = (stored_lapsed - counted).max(Credits::ZERO);
     let prorated = (p.prorated - p.refunded).max(Credits::ZERO);
-    let refund = PaymentRefund { payment_id: p.id.clone(), paid, credits, lapsed, prorated, reason: None };
+    let unrefunded = (added - p.refunded).max(Credits::ZERO);
+    let refund = PaymentRefund { payment_id: p.id.clone(), paid, credits, lapsed, prorated, unrefunded, reason: None };
     let grant_ids = p.grant_ids.clone();
     let result = h.op(|tx| engine::refund_payment(tx, refund));
     let done = match result {
@@ -963,6 +964,14 @@ fn refund_payment(h: &mut Harness, m: &mut Model, k: usize, label: &str) {
     left -= lapsed_now;
     m.wallet -= wallet_first + left;
     m.repay(now);
+    // The current period's payment refunded in full: the period is no
+    // longer paid for, so a switch credits nothing for it (docs/money.md).
+    if let Some(sub) = live.as_ref().filter(|s| s.is_active())
+        && grant_ids == engine::period_pool_ids(sub, sub.period)
+        && let Some(s) = m.sub.as_mut()
+    {
+        s.price = 0;
+    }
     assert_eq!(
         (done.from_grants, done.lapsed, done.from_wallet),
         (c(from_grants), c(lapsed_now), c(wallet_first + left)),

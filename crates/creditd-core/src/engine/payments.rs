@@ -2,12 +2,12 @@
 //! payment added as far as it is unspent; the spent rest becomes wallet
 //! debt, which the account's other credits then repay (§5).
 
-use super::advance::pool_grant_id;
+use super::advance::{period_pool_ids, pool_grant_id};
 use super::{Refusal, Tx};
 use crate::ledger::{EntryKind, Reference};
 use crate::plan::PlanBook;
 use crate::subscription::Subscription;
-use crate::units::{Credits, MAX_GRANT, div_round_half_up};
+use crate::units::{Credits, MAX_GRANT, Usd, div_round_half_up};
 
 /// Where a payment's credits went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +78,10 @@ pub struct PaymentRefund {
     /// its subscription was switched away) and no earlier refund reversed:
     /// reversed first, from the wallet.
     pub prorated: Credits,
+    /// What the payment added that no earlier refund reversed (`credits` is
+    /// a share of it): the base of the share of its period's price that a
+    /// refund of the current period's payment takes back.
+    pub unrefunded: Credits,
     pub reason: Option<String>,
 }
 
@@ -165,7 +169,30 @@ pub fn refund_payment(tx: &mut Tx<'_>, refund: PaymentRefund) -> Result<Refunded
         tx.entry_with_reason(now, EntryKind::Refund, -from_wallet, None, reference(), refund.reason.clone());
     }
     tx.repay_debt(now);
+    lower_period_price(tx, &refund);
     Ok(done)
+}
+
+/// A refund of the payment for the live subscription's current period
+/// lowers the price that period was bought at by the refunded share
+/// (`docs/money.md`): proration at a later switch credits the unused share
+/// of what is still paid, so a period refunded in full credits nothing.
+/// The remaining price rounds down: never more than was paid.
+fn lower_period_price(tx: &mut Tx<'_>, refund: &PaymentRefund) {
+    let Paid::Grants(ids) = &refund.paid else { return };
+    let plan_price = |plan_id: &str| tx.ctx.plans.get(plan_id).map(|p| p.price_usd);
+    let Some(sub) = tx.state.subscription.as_ref().filter(|s| s.is_active()) else { return };
+    if period_pool_ids(sub, sub.period) != *ids || !refund.unrefunded.is_positive() {
+        return;
+    }
+    let price = sub.price_paid(plan_price(&sub.plan_id));
+    let left = (refund.unrefunded - refund.credits).max(Credits::ZERO);
+    let base = refund.unrefunded;
+    // price ≤ 10^18 nano-USD and left ≤ base ≤ MAX_BALANCE: the product fits i128.
+    let lowered = i128::from(price.units()) * i128::from(left.units()) / i128::from(base.units());
+    let mut sub = sub.clone();
+    sub.price_usd = Some(Usd::from_units(i64::try_from(lowered).unwrap_or(price.units())));
+    tx.state.subscription = Some(sub);
 }
 
 #[cfg(test)]
@@ -263,6 +290,7 @@ mod tests {
                 credits: cr(credits),
                 lapsed: cr(lapsed),
                 prorated: Credits::ZERO,
+                unrefunded: cr(credits),
                 reason: None,
             };
             self.run(|tx| refund_payment(tx, refund)).unwrap()
@@ -370,6 +398,7 @@ mod tests {
             credits: Credits::ZERO,
             lapsed: cr("5"),
             prorated: Credits::ZERO,
+            unrefunded: Credits::ZERO,
             reason: None,
         };
         assert!(matches!(f.run(|tx| refund_payment(tx, refund)), Err(Refusal::Conflict(_))));

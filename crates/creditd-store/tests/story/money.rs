@@ -117,7 +117,7 @@ pub async fn money(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
 
     // 1. A renewal paid in advance is lost on a plan switch: subscribe Mar 1,
     // renew Mar 30 (April paid), switch Mar 31. April is credited in full.
-    for a in ["a1", "a2", "a3", "a4", "a5"] {
+    for a in ["a1", "a2", "a3", "a4", "a5", "a6"] {
         create(s, a).await;
     }
     assert_eq!(shop.paid("a1", "starter", "t1").await.0, Applied);
@@ -128,6 +128,8 @@ pub async fn money(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
     assert_eq!(shop.paid("a5", "starter", "x1").await.0, Applied);
     // 4. (set up) a4 buys basic at 10 USD.
     assert_eq!(shop.paid("a4", "basic", "w1").await.0, Applied);
+    // (set up) a6 pays starter, for the switch after a full refund below.
+    assert_eq!(shop.paid("a6", "starter", "y1").await.0, Applied);
 
     // 3. Refunding the old plan's payment after a switch leaves its
     // proration credit: a3 switches to ultra an hour later (900 credits to
@@ -145,6 +147,16 @@ pub async fn money(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
         cr(-900),
         "{refunds:?}"
     );
+
+    // A switch after the current period's payment was refunded in full
+    // credits nothing for that period (found by the model test, seed 1600):
+    // the refund lowers what the period was bought at to what is still paid.
+    let (status, reason) = shop.refund("a6", "y1").await;
+    assert_eq!(status, Applied, "{reason:?}");
+    assert_eq!(s.subscription("a6").await.expect("read").expect("sub").price_usd, Some(Usd::ZERO));
+    assert_eq!(shop.paid("a6", "pro", "y2").await.0, Applied);
+    assert_eq!(shop.entries("a6", EntryKind::ProrationCredit).await, vec![]);
+    assert_eq!(shop.wallet("a6").await, Credits::ZERO);
 
     // 4. Proration uses the plan's current price: the operator raises basic
     // to 100 USD, a4 (who paid 10) switches to ultra: at most 9 USD back.

@@ -244,7 +244,16 @@ impl<C: WriterDb> Writer<C> {
         // Each refund reverses the wallet part first, so what earlier refunds
         // left of it is what they did not cover.
         let prorated = (payment.prorated_credits - payment.refunded_credits).max(Credits::ZERO);
-        let refund = PaymentRefund { payment_id: payment.external_id.clone(), paid, credits, lapsed, prorated, reason };
+        let unrefunded = (added - payment.refunded_credits).max(Credits::ZERO);
+        let refund = PaymentRefund {
+            payment_id: payment.external_id.clone(),
+            paid,
+            credits,
+            lapsed,
+            prorated,
+            unrefunded,
+            reason,
+        };
         let (done, state) = run_op(&self.conn, state, now, self.ctx(), |tx| engine::refund_payment(tx, refund))?;
         let row = RefundRow { provider: &payment.provider, refund_id, payment, done, at: now };
         rows::insert_refund(&self.conn, &row)?;
