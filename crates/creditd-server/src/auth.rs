@@ -63,7 +63,48 @@ impl Caller {
             (Caller::Account(own), Access::GatewayOrAccount(id) | Access::AdminOrAccount(id)) => own == id,
             _ => false,
         };
-        if allowed { Ok(()) } else { Err(ApiError::forbidden("this key may not make this call")) }
+        if allowed { Ok(()) } else { Err(self.refusal(access)) }
+    }
+
+    /// What this caller is, for messages: `admin`, `gateway`, `account`.
+    fn role_name(&self) -> &'static str {
+        match self {
+            Caller::Admin => "admin",
+            Caller::Gateway => "gateway",
+            Caller::Account(_) => "account",
+        }
+    }
+
+    /// The `403 forbidden` of a call this caller may not make. It names the
+    /// least role that may (`details.required_role`: `admin` or `gateway`;
+    /// an admin key always may), and the account whose own token may too
+    /// (`details.account_id`), so that a gateway integrator sees at once
+    /// which key to use instead of guessing.
+    fn refusal(&self, access: Access<'_>) -> ApiError {
+        let (required, account) = match access {
+            Access::Admin => ("admin", None),
+            Access::Gateway => ("gateway", None),
+            Access::GatewayOrAccount(id) => ("gateway", Some(id)),
+            Access::AdminOrAccount(id) => ("admin", Some(id)),
+        };
+        let mut needs = match required {
+            "admin" => "an admin key".to_string(),
+            _ => "a gateway or admin key".to_string(),
+        };
+        if let Some(id) = account {
+            needs.push_str(&format!(", or an account token of {id:?}"));
+        }
+        let this = match self {
+            Caller::Account(own) => format!("an account token of {own:?}"),
+            other => format!("a {} key", other.role_name()),
+        };
+        let mut error = ApiError::forbidden(format!("this call needs {needs}; this is {this}"))
+            .with_detail("required_role", required)
+            .with_detail("caller_role", self.role_name());
+        if let Some(id) = account {
+            error = error.with_detail("account_id", id);
+        }
+        error
     }
 }
 
@@ -426,6 +467,27 @@ mod tests {
         assert!(Caller::Gateway.require(Access::AdminOrAccount("u_2")).is_err());
         assert!(Caller::Gateway.require(Access::Admin).is_err());
         assert!(Caller::Admin.require(Access::AdminOrAccount("x")).is_ok());
+    }
+
+    /// Issue 13.6: a 403 did not say which key the call needs.
+    #[test]
+    fn refusals_name_the_role_needed() {
+        let e = Caller::Gateway.require(Access::Admin).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (403, "forbidden"));
+        assert_eq!(e.details["required_role"], "admin");
+        assert_eq!(e.details["caller_role"], "gateway");
+        assert!(e.details.get("account_id").is_none());
+        assert_eq!(e.message, "this call needs an admin key; this is a gateway key");
+        let e = Caller::Account("u_2".into()).require(Access::GatewayOrAccount("u_1")).unwrap_err();
+        assert_eq!(e.details["required_role"], "gateway");
+        assert_eq!(e.details["account_id"], "u_1");
+        assert_eq!(
+            e.message,
+            "this call needs a gateway or admin key, or an account token of \"u_1\"; this is an account token of \"u_2\""
+        );
+        let e = Caller::Account("u_1".into()).require(Access::Gateway).unwrap_err();
+        assert_eq!(e.details["required_role"], "gateway");
+        assert_eq!(e.details["caller_role"], "account");
     }
 
     #[test]

@@ -107,11 +107,46 @@ impl Body {
         self.parse_inner(true)
     }
 
+    /// A `PATCH`: the body (a JSON object) merged into `current` (the
+    /// resource as a `PUT` body), then parsed into `T` as a whole, so the
+    /// result is validated like a `PUT` and an unknown field is refused
+    /// by name. The fingerprint is the patch's.
+    pub fn patch<T: DeserializeOwned>(&self, current: Value) -> ApiResult<Parsed<T>> {
+        let patch = self.json_value(false)?;
+        let fingerprint = fingerprint(&patch);
+        let mut merged = current;
+        merge(&mut merged, patch);
+        let parsed = serde_path_to_error::deserialize(&merged).map_err(body_error)?;
+        Ok(Parsed { value: parsed, fingerprint })
+    }
+
     fn parse_inner<T: DeserializeOwned>(&self, empty_ok: bool) -> ApiResult<Parsed<T>> {
         let value = self.json_value(empty_ok)?;
         let fingerprint = fingerprint(&value);
         let parsed = serde_path_to_error::deserialize(&value).map_err(body_error)?;
         Ok(Parsed { value: parsed, fingerprint })
+    }
+}
+
+/// Merges `patch` into `target`: an object's fields merge key by key, at
+/// every level; anything else (a string, a list, `null`) replaces what was
+/// there. Unlike RFC 7396, `null` is kept as `null` rather than removing
+/// the field, because a `PUT` body reads `null` as "none" (no limit, no
+/// rate, no budget), which is what a caller sending `null` means; a
+/// removed field would read as the default instead.
+pub fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                match target.get_mut(&key) {
+                    Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+                    _ => {
+                        target.insert(key, value);
+                    }
+                }
+            }
+        }
+        (target, patch) => *target = patch,
     }
 }
 
@@ -311,6 +346,13 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeIdempotencyKey {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_patch_merges_objects_and_replaces_the_rest() {
+        let mut target = json!({"a": {"x": "1", "y": "2"}, "b": [1, 2], "c": "k", "d": null, "e": 5});
+        merge(&mut target, json!({"a": {"y": "3"}, "b": [3], "c": null, "d": {"z": 1}, "f": true}));
+        assert_eq!(target, json!({"a": {"x": "1", "y": "3"}, "b": [3], "c": null, "d": {"z": 1}, "e": 5, "f": true}));
+    }
 
     #[test]
     fn fingerprint_ignores_key_order_and_spacing() {

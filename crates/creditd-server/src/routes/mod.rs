@@ -18,7 +18,7 @@ mod webhooks;
 use axum::Router;
 use axum::http::{Method, Uri};
 use axum::middleware;
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use creditd_store::AccountRow;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -49,9 +49,11 @@ pub fn table() -> Vec<RouteDef> {
         route("GET", "/v1/models", get(models::list)),
         route("POST", "/v1/model-imports", post(models::import)),
         route("PUT", "/v1/models/{*model}", put(models::put)),
+        route("PATCH", "/v1/models/{*model}", patch(models::patch)),
         route("GET", "/v1/models/{*model}", get(models::get)),
         route("GET", "/v1/plans", get(plans::list)),
         route("PUT", "/v1/plans/{plan}", put(plans::put)),
+        route("PATCH", "/v1/plans/{plan}", patch(plans::patch)),
         route("GET", "/v1/plans/{plan}", get(plans::get)),
         route("POST", "/v1/keys", post(keys::create)),
         route("GET", "/v1/keys", get(keys::list)),
@@ -114,7 +116,7 @@ pub fn router(state: AppState) -> Router {
     router
         .merge(crate::dashboard::router(state.clone()))
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(crate::extract::BodyReadTimeout(
             state.config.body_read_timeout.unwrap_or(crate::extract::DEFAULT_BODY_READ_TIMEOUT),
         )))
@@ -137,9 +139,15 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
     axum::response::IntoResponse::into_response(ApiError::internal("the server failed to answer this request"))
 }
 
-/// Unknown routes (and known paths with another method): `404 not_found`.
+/// Unknown routes: `404 not_found`.
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// A known path with a method it does not take: `405 method_not_allowed`.
+/// axum adds the `Allow` header (the path's methods) to this answer.
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(format!("{} does not take {method}; the Allow header lists what it takes", uri.path()))
 }
 
 /// The account of a path, validated and loaded (`404` if there is none).

@@ -32,6 +32,32 @@ pub async fn put(State(state): State<AppState>, caller: Caller, path: PathParams
     execute(&state, Command::PutModel { id, price }, None, &parsed.fingerprint, render).await
 }
 
+/// `PATCH /v1/models/{model}`: the fields given, merged into the current
+/// price (objects field by field; `null` sets "not given"), validated as a
+/// whole like a `PUT`; a changed price is the next version. `404` for a
+/// model that does not exist (`PUT` creates).
+pub async fn patch(State(state): State<AppState>, caller: Caller, path: PathParams, body: Body) -> ApiResult<Response> {
+    caller.require(Access::Admin)?;
+    let id = path.get(0)?.to_string();
+    validate::model_id("model", &id)?;
+    let current =
+        state.store.model(&id).await?.ok_or_else(|| ApiError::not_found(format!("model {id:?} not found")))?;
+    let mut base = serde_json::to_value(ModelOut::from(&current)).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(fields) = base.as_object_mut() {
+        // What a GET shows but a price does not hold.
+        for read_only in ["id", "price_version", "created_at"] {
+            fields.remove(read_only);
+        }
+    }
+    let parsed = body.patch::<ModelIn>(base)?;
+    let price = parsed.value.into_price()?;
+    let render = |reply: &Reply| match reply {
+        Reply::Model(m) => Rendered::json(StatusCode::OK, &ModelOut::from(m)),
+        other => Err(unexpected(other)),
+    };
+    execute(&state, Command::PutModel { id, price }, None, &parsed.fingerprint, render).await
+}
+
 pub async fn get(State(state): State<AppState>, caller: Caller, path: PathParams) -> ApiResult<Response> {
     caller.require(Access::Admin)?;
     let id = path.get(0)?;

@@ -93,7 +93,10 @@ async fn gateway_keys_meter_and_read_but_do_not_administer() {
     for (method, path, body) in forbidden {
         let r = api.call(method, path, Some(&gw), body).await;
         assert_eq!(r.status.as_u16(), 403, "{method} {path}: {r:?}");
-        r.expect_error(403, "forbidden");
+        let details = r.expect_error(403, "forbidden");
+        // Issue 13.6: the refusal names the role the call needs.
+        assert_eq!(details["required_role"], "admin", "{method} {path}: {r:?}");
+        assert_eq!(details["caller_role"], "gateway", "{method} {path}: {r:?}");
     }
     // A gateway key with a body it may not send learns nothing of its shape.
     let r = api.raw("POST", "/v1/accounts", Some(&gw), b"not json".to_vec(), &[]).await;

@@ -113,3 +113,57 @@ async fn a_model_with_every_field_null_is_free() {
     let free = api.put("/v1/models/x", json!({"credits": {"request": "0"}, "free": true})).await;
     assert_eq!(free.expect(200)["credits"]["request"], "0");
 }
+
+/// Issue 13.2: changing one field of a model took the whole body again;
+/// `PATCH` merges the fields given into the current price.
+#[tokio::test]
+async fn patch_changes_only_the_fields_given() {
+    let api = Api::new().await;
+    let first = api.sonnet().await;
+    let path = format!("/v1/models/{SONNET}");
+    let admin = api.key("admin").await;
+    let patch = |body: Value| {
+        let (api, path, admin) = (&api, path.clone(), admin.clone());
+        async move { api.call("PATCH", &path, Some(&admin), Some(body)).await }
+    };
+
+    let r = patch(json!({"cost_usd_per_mtok": {"output": "16"}, "multiplier": "1.2"})).await;
+    let patched = r.expect(200);
+    assert_eq!(patched["price_version"], first["price_version"].as_i64().unwrap() + 1, "{patched}");
+    assert_eq!(patched["cost_usd_per_mtok"]["output"], "16");
+    assert_eq!(patched["cost_usd_per_mtok"]["input"], "3", "the other rates of the object stay");
+    assert_eq!(patched["cost_usd_per_mtok"]["cache_read"], "0.3");
+    assert_eq!(patched["multiplier"], "1.2");
+    assert_eq!(patched["max_output_tokens"], 8192, "fields not given stay");
+    assert_eq!(api.get(&path).await.expect(200), patched);
+
+    // `null` is "not given", as in a PUT.
+    let r = patch(json!({"cost_usd_per_mtok": {"cache_write": null}})).await;
+    assert_eq!(r.expect(200)["cost_usd_per_mtok"]["cache_write"], Value::Null);
+
+    // The same values again: no new version.
+    let version = api.get(&path).await.expect(200)["price_version"].clone();
+    assert_eq!(patch(json!({"multiplier": "1.2"})).await.expect(200)["price_version"], version);
+
+    // Refused: unknown fields by name, a result that is not a valid price,
+    // a body that is not an object; none of them writes anything.
+    let r = patch(json!({"multiplyer": "2"})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "multiplyer");
+    let r = patch(json!({"cost_usd_per_mtok": {"inptu": "2"}})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "cost_usd_per_mtok.inptu");
+    let r = patch(json!({"multiplier": "-1"})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "multiplier");
+    let r = patch(json!({"cost_usd_per_mtok": null, "cost_usd": null, "credits": null})).await;
+    r.expect_error(400, "invalid_request");
+    let r = api.raw("PATCH", &path, Some(&admin), b"[1]".to_vec(), &[]).await;
+    r.expect_error(400, "invalid_request");
+    assert_eq!(api.get(&path).await.expect(200)["price_version"], version, "nothing refused was written");
+
+    // A model that does not exist is not created by a PATCH.
+    let r = api.call("PATCH", "/v1/models/nope", Some(&admin), Some(json!({"multiplier": "1"}))).await;
+    r.expect_error(404, "not_found");
+    api.get("/v1/models/nope").await.expect_error(404, "not_found");
+    let gateway = api.key("gateway").await;
+    let r = api.call("PATCH", &path, Some(&gateway), Some(json!({"multiplier": "9"}))).await;
+    assert_eq!(r.expect_error(403, "forbidden")["required_role"], "admin");
+}

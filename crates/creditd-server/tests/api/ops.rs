@@ -155,6 +155,31 @@ async fn the_test_clock_is_off_by_default() {
     api.call("POST", "/v1/test/clock", None, Some(json!({"advance_seconds": 1}))).await.expect_error(404, "not_found");
 }
 
+/// Issue 13.6: a known path with a wrong method was `404 not_found`, as if
+/// the path did not exist; it is `405 method_not_allowed` with `Allow`.
+#[tokio::test]
+async fn a_wrong_method_is_405_with_allow() {
+    let api = Api::new().await;
+    let cases = [
+        ("DELETE", "/v1/accounts/u_1", "GET,HEAD"),
+        ("POST", "/v1/models/gpt-4o", "PUT,PATCH,GET,HEAD"),
+        ("GET", "/v1/authorize", "POST"),
+        ("PUT", "/v1/keys", "POST,GET,HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let r = api.call(method, path, None, None).await;
+        r.expect_error(405, "method_not_allowed");
+        let mut got: Vec<&str> = r.headers["allow"].to_str().unwrap().split(',').map(str::trim).collect();
+        let mut want: Vec<&str> = allow.split(',').collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "{method} {path}: {r:?}");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(path), "{r:?}");
+    }
+    // An unknown path is still 404.
+    api.call("DELETE", "/v1/nothing-here", None, None).await.expect_error(404, "not_found");
+}
+
 fn openapi_operations(doc: &Value) -> BTreeSet<(String, String)> {
     let mut ops = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

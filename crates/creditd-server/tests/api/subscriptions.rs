@@ -153,6 +153,58 @@ async fn plans_are_data() {
     r.expect_error(403, "forbidden");
 }
 
+/// Issue 13.2: `PUT /v1/plans/free` with only the field to change was `400
+/// missing field price_usd`; `PATCH` merges the fields given.
+#[tokio::test]
+async fn patch_changes_only_the_fields_given() {
+    let api = Api::new().await;
+    let admin = api.key("admin").await;
+    // The built-in free plan (nothing stored yet) can be patched.
+    let r = api.call("PATCH", "/v1/plans/free", Some(&admin), Some(json!({"daily_requests": 10}))).await;
+    let free = r.expect(200);
+    assert_eq!(free["daily_requests"], 10);
+    assert_eq!(free["price_usd"], "0");
+    assert_eq!(free["cost_budget_multiplier"], Value::Null, "free keeps having no budget");
+    assert_eq!(api.get("/v1/plans/free").await.expect(200), free);
+    // A PUT still takes the whole plan (the spec's contract).
+    let r = api.put("/v1/plans/free", json!({"daily_requests": 10})).await;
+    assert_eq!(r.expect_error(400, "invalid_request")["field"], "price_usd");
+
+    let pro = json!({"name": "Pro", "price_usd": "50", "monthly_credits": "5000", "rate_per_minute": 60,
+                     "daily_requests": 500, "model_access": ["a", "b"], "cost_budget_multiplier": "10"});
+    api.put("/v1/plans/pro", pro).await.expect(200);
+    let r = api
+        .call("PATCH", "/v1/plans/pro", Some(&admin), Some(json!({"price_usd": "60", "model_access": ["c"]})))
+        .await;
+    let patched = r.expect(200);
+    assert_eq!(patched["price_usd"], "60");
+    assert_eq!(patched["budget_usd"], "600", "derived fields follow");
+    assert_eq!(patched["model_access"], json!(["c"]), "a list is replaced, not merged");
+    assert_eq!((patched["name"].as_str(), patched["monthly_credits"].as_str()), (Some("Pro"), Some("5000")));
+    assert_eq!(patched["rate_per_minute"], 60);
+    // `null` is no limit, no budget (as in a PUT), not the default.
+    let r = api
+        .call("PATCH", "/v1/plans/pro", Some(&admin), Some(json!({"rate_per_minute": null, "cost_budget_multiplier": null})))
+        .await;
+    let patched = r.expect(200);
+    assert_eq!((patched["rate_per_minute"].clone(), patched["budget_usd"].clone()), (Value::Null, Value::Null));
+    assert_eq!(patched["daily_requests"], 500);
+
+    // Refused, naming the field: unknown and derived fields, invalid results.
+    for (body, field) in [
+        (json!({"price": "1"}), "price"),
+        (json!({"main_pool": "1"}), "main_pool"),
+        (json!({"bonus_percent": "1001"}), "bonus_percent"),
+        (json!({"price_usd": 5}), "price_usd"),
+    ] {
+        let r = api.call("PATCH", "/v1/plans/pro", Some(&admin), Some(body.clone())).await;
+        assert_eq!(r.expect_error(400, "invalid_request")["field"], field, "{body}");
+    }
+    assert_eq!(api.get("/v1/plans/pro").await.expect(200), patched, "nothing refused was written");
+    let r = api.call("PATCH", "/v1/plans/nope", Some(&admin), Some(json!({"price_usd": "1"}))).await;
+    r.expect_error(404, "not_found");
+}
+
 /// A whole subscription's life on the test clock: start, use, the rate
 /// limit, the daily cap, the plan budget, a switch, a late renewal within
 /// the grace, cancel and expiry; and a refund.
