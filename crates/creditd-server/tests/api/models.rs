@@ -151,8 +151,7 @@ async fn patch_changes_only_the_fields_given() {
     assert_eq!(r.expect_error(400, "invalid_request")["field"], "multiplyer");
     let r = patch(json!({"cost_usd_per_mtok": {"inptu": "2"}})).await;
     assert_eq!(r.expect_error(400, "invalid_request")["field"], "cost_usd_per_mtok.inptu");
-    let r = patch(json!({"multiplier": "-1"})).await;
-    assert_eq!(r.expect_error(400, "invalid_request")["field"], "multiplier");
+    patch(json!({"multiplier": "-1"})).await.expect_error(400, "invalid_request");
     let r = patch(json!({"cost_usd_per_mtok": null, "cost_usd": null, "credits": null})).await;
     r.expect_error(400, "invalid_request");
     let r = api.raw("PATCH", &path, Some(&admin), b"[1]".to_vec(), &[]).await;

@@ -41,9 +41,9 @@ async fn unknown_routes_are_json_404s() {
     let api = Api::new().await;
     api.call("GET", "/nope", None, None).await.expect_error(404, "not_found");
     api.get("/v1/accounts/u_1/nothing").await.expect_error(404, "not_found");
-    // A known path with another method.
-    api.call("GET", "/v1/authorize", Some(&api.admin), None).await.expect_error(404, "not_found");
-    api.call("DELETE", "/v1/accounts", Some(&api.admin), None).await.expect_error(404, "not_found");
+    // A known path with another method is a 405 (`a_wrong_method_is_405_with_allow`).
+    api.call("GET", "/v1/authorize", Some(&api.admin), None).await.expect_error(405, "method_not_allowed");
+    api.call("DELETE", "/v1/accounts", Some(&api.admin), None).await.expect_error(405, "method_not_allowed");
 }
 
 #[tokio::test]
