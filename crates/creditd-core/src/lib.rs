@@ -7,6 +7,7 @@
 pub mod account;
 pub mod calendar;
 pub mod campaign;
+pub mod config_apply;
 pub mod engine;
 pub mod invariants;
 pub mod ledger;

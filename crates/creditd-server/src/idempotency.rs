@@ -43,6 +43,7 @@ pub fn reply_name(reply: &Reply) -> &'static str {
         Reply::Touched => "Touched",
         Reply::Replayed(_) => "Replayed",
         Reply::Imported(_) => "Imported",
+        Reply::ConfigApplied(_) => "ConfigApplied",
     }
 }
 

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use creditd_core::Hold;
 use creditd_core::account::{AccountState, AccountStatus, Grant, UsageRecord, Wallet};
 use creditd_core::campaign::Billing;
+use creditd_core::config_apply::{ConfigDecision, ConfigWinner};
 use creditd_core::engine::{Authorized, Context, NewGrant, Outcome, Recorded, Refusal, SubscriptionChange};
 use creditd_core::invariants::Breach;
 use creditd_core::ledger::{EntryKind, LedgerEntry};
@@ -326,6 +327,12 @@ pub enum Command {
     ImportModels {
         import: ModelImport,
     },
+    /// The configuration's models and plans at a start, decided against
+    /// what it said when last applied and written in one savepoint
+    /// (`docs/configuration.md`).
+    ApplyConfig {
+        apply: ConfigApply,
+    },
 }
 
 impl Command {
@@ -362,7 +369,8 @@ impl Command {
             | Command::CreateSession { .. }
             | Command::RevokeSessions { .. }
             | Command::RevokeAccountToken { .. }
-            | Command::ImportModels { .. } => None,
+            | Command::ImportModels { .. }
+            | Command::ApplyConfig { .. } => None,
         }
     }
 }
@@ -418,6 +426,57 @@ pub enum Reply {
     Replayed(StoredResponse),
     /// What an import did (or, dry or refused, would do) to each model.
     Imported(ImportOutcome),
+    /// What a start did with each configured model and plan.
+    ConfigApplied(ConfigOutcome),
+}
+
+/// The configuration's models and plans, to apply at a start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigApply {
+    pub models: Vec<(String, ModelPrice)>,
+    pub plans: Vec<Plan>,
+    /// Which side wins a conflict; `None`: a conflict writes nothing at all.
+    pub on_conflict: Option<ConfigWinner>,
+}
+
+/// What a configured entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigKind {
+    Model,
+    Plan,
+}
+
+impl ConfigKind {
+    /// As recorded in `config_applied.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigKind::Model => "model",
+            ConfigKind::Plan => "plan",
+        }
+    }
+}
+
+/// One configured model or plan and what the start did with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub kind: ConfigKind,
+    pub id: String,
+    pub decision: ConfigDecision,
+    /// Whether what the configuration said was recorded by an earlier start
+    /// (false: a new entry, or a database from before the record was kept).
+    pub recorded: bool,
+    /// A conflict's resolution (`None`: unresolved, or not a conflict).
+    pub resolved: Option<ConfigWinner>,
+    /// Models: the current price version after the start (written or kept).
+    pub price_version: Option<i64>,
+}
+
+/// What a start did with the configuration. `applied` is false when a
+/// conflict was left unresolved: then nothing at all was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigOutcome {
+    pub entries: Vec<ConfigEntry>,
+    pub applied: bool,
 }
 
 /// A price map's models to write into the price book.

@@ -39,6 +39,12 @@ async fn subscriptions_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_ownership_on_postgres() {
+    let db = PgDatabase::create();
+    story::config_ownership(Arc::new(connect(&db, EngineConfig::default(), &clock()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_on_postgres() {
     let db = PgDatabase::create();
     let store = Arc::new(connect(&db, EngineConfig::default(), &clock()));

@@ -98,6 +98,12 @@ async fn the_whole_hot_state_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn config_ownership_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    story::config_ownership(Arc::new(open(&db(&dir), &clock()))).await;
+}
+
+#[tokio::test]
 async fn idempotency_keys_on_sqlite() {
     let dir = TempDir::new().expect("tempdir");
     let store = Arc::new(open(&db(&dir), &clock()));

@@ -96,6 +96,19 @@ pub struct ServeArgs {
     /// Drive the engine clock over HTTP (GET/POST /v1/test/clock); it starts at the current time.
     #[arg(long)]
     pub test_clock: bool,
+    /// Which side wins where both the configuration and the API changed a model or plan since the
+    /// configuration was last applied [default: neither: the start stops and says what differs]
+    #[arg(long, value_enum, value_name = "SIDE")]
+    pub on_config_conflict: Option<ConfigSide>,
+}
+
+/// The side of `--on-config-conflict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConfigSide {
+    /// The configuration's entry replaces the one changed through the API.
+    Config,
+    /// The one changed through the API stays; the configuration's entry counts as applied.
+    Api,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +280,11 @@ mod tests {
         assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(args.admin_key.as_deref(), Some("k"));
         assert!(args.test_clock);
+        assert_eq!(args.on_config_conflict, None);
+        let cli = Cli::try_parse_from(["creditd", "serve", "--on-config-conflict", "api"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert_eq!(args.on_config_conflict, Some(ConfigSide::Api));
+        assert!(Cli::try_parse_from(["creditd", "serve", "--on-config-conflict", "file"]).is_err());
     }
 
     #[test]

@@ -6,18 +6,19 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use creditd_core::config_apply::{ConfigDecision, ConfigWinner};
 use creditd_core::plan::Plan;
-use creditd_core::pricing::ModelPrice;
 use creditd_core::subscription::SubscriptionKind;
+use creditd_server::dto::{ModelOut, PlanOut};
 use creditd_server::payments::{CreemConfig, NowPaymentsConfig, PaymentsConfig, Product, WebhookSecret};
 use creditd_server::{App, ServerConfig};
-use creditd_store::{Clock, Command, ManualClock, Store, SystemClock};
+use creditd_store::{Clock, Command, ConfigApply, ConfigEntry, ConfigKind, ManualClock, Reply, Store, SystemClock};
 use jiff::Timestamp;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Failure;
-use crate::cli::ServeArgs;
+use crate::cli::{ConfigSide, ServeArgs};
 use crate::commands::{database, open_store};
 use crate::config::{self, Config};
 use crate::net;
@@ -76,8 +77,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
 
     let store = open_store(&database, config.engine(), clock.clone())?;
     tracing::info!(database = %database, "store open");
-    sync_models(store.as_ref(), &config.models).await?;
-    sync_plans(store.as_ref(), &config.core_plans()).await?;
+    let on_conflict = args.on_config_conflict.map(|side| match side {
+        ConfigSide::Config => ConfigWinner::Config,
+        ConfigSide::Api => ConfigWinner::Api,
+    });
+    apply_config(store.as_ref(), &config, on_conflict).await?;
 
     if let Some(secret) = creditd_server::ensure_admin_key(store.as_ref(), admin_key.as_deref())
         .await
@@ -210,24 +214,152 @@ fn proxy(config: &Config, app: &App) -> Result<Option<creditd_proxy::Proxy>, Fai
     creditd_proxy::Proxy::new(app.state(), proxy_config).map(Some).map_err(Failure::runtime)
 }
 
-/// Writes the configuration's models into the price book, each only when it
-/// differs from the stored current version, so a restart bumps nothing.
-async fn sync_models(store: &dyn Store, models: &BTreeMap<String, ModelPrice>) -> Result<(), Failure> {
-    let mut written = 0;
-    for (id, price) in models {
-        let current = store.model(id).await.map_err(|e| Failure::runtime(format!("cannot read model {id}: {e}")))?;
-        if current.is_some_and(|m| m.price == *price) {
-            continue;
+/// Applies the configuration's models and plans (the rule:
+/// `docs/configuration.md`, `creditd_core::config_apply`). The
+/// configuration writes an entry only where it changed since it was last
+/// applied and the store did not; an API edit of an entry the file did not
+/// change stays; where both changed, the start stops (exit 2) and says what
+/// differs, unless `--on-config-conflict` says which side wins.
+async fn apply_config(store: &dyn Store, config: &Config, on_conflict: Option<ConfigWinner>) -> Result<(), Failure> {
+    let apply = ConfigApply {
+        models: config.models.iter().map(|(id, price)| (id.clone(), price.clone())).collect(),
+        plans: config.core_plans(),
+        on_conflict,
+    };
+    let reply = store
+        .execute(Command::ApplyConfig { apply }, None)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot apply the configuration's models and plans: {e}")))?;
+    let Reply::ConfigApplied(outcome) = reply else {
+        return Err(Failure::runtime("unexpected reply from the store to applying the configuration"));
+    };
+    let source = match &config.file {
+        Some(file) => file.display().to_string(),
+        None => "the built-in defaults".to_string(),
+    };
+    if !outcome.applied {
+        let mut text = String::from(
+            "the configuration and the API both changed the same entries since the configuration was last \
+             applied; nothing was written:\n",
+        );
+        for entry in outcome.entries.iter().filter(|e| e.decision == ConfigDecision::Conflict) {
+            text.push_str(&conflict(store, config, entry, &source).await?);
         }
-        store
-            .execute(Command::PutModel { id: id.clone(), price: price.clone() }, None)
-            .await
-            .map_err(|e| Failure::runtime(format!("cannot write model {id}: {e}")))?;
-        tracing::info!(model = %id, "price book: model written from the configuration");
-        written += 1;
+        text.push_str(&format!(
+            "Resolve it: make {source} say what you want for each entry above (what the store has is \
+             GET /v1/models/{{id}} or /v1/plans/{{id}}), or start once with --on-config-conflict config (the \
+             configuration's entries replace the store's) or --on-config-conflict api (the store's stay, and \
+             the configuration's entries count as applied). See docs/configuration.md."
+        ));
+        return Err(Failure::usage(text));
     }
-    tracing::info!(models = models.len(), written, "price book in sync with the configuration");
+    let mut written = 0;
+    for entry in &outcome.entries {
+        let (kind, id) = (entry.kind.as_str(), entry.id.as_str());
+        let version = entry.price_version.map(|v| format!(" (price_version {v})")).unwrap_or_default();
+        match (entry.decision, entry.resolved) {
+            (ConfigDecision::Create | ConfigDecision::Update, _) => {
+                written += 1;
+                tracing::info!("{kind} {id:?}{version}: written from {source}");
+            }
+            (ConfigDecision::KeepEdit, _) => tracing::warn!(
+                "{kind} {id:?}{version}: keeping the version changed through the API; {source} has not changed \
+                 this entry since it was applied, so it does not describe what is in force (change the entry to \
+                 apply it at the next start)"
+            ),
+            (ConfigDecision::Conflict, Some(ConfigWinner::Config)) => {
+                written += 1;
+                tracing::warn!(
+                    "{kind} {id:?}{version}: changed both in {source} and through the API; \
+                     --on-config-conflict config: the configuration's written"
+                );
+            }
+            (ConfigDecision::Conflict, _) => tracing::warn!(
+                "{kind} {id:?}{version}: changed both in {source} and through the API; \
+                 --on-config-conflict api: the API's kept, the configuration's entry counts as applied"
+            ),
+            (ConfigDecision::Unchanged, _) => {}
+        }
+    }
+    tracing::info!(
+        models = config.models.len(),
+        plans = config.core_plans().len(),
+        written,
+        "price book and plans: configuration applied"
+    );
     Ok(())
+}
+
+/// One conflict for the operator: the entry, and each field on which the
+/// configuration and the store differ.
+async fn conflict(store: &dyn Store, config: &Config, entry: &ConfigEntry, source: &str) -> Result<String, Failure> {
+    let read = |e: creditd_store::StoreError| Failure::runtime(format!("cannot read {}: {e}", entry.id));
+    let shown = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Failure::runtime(e.to_string()));
+    let (stored, configured, version) = match entry.kind {
+        ConfigKind::Model => {
+            let stored = store.model(&entry.id).await.map_err(read)?;
+            let version = stored.as_ref().map(|m| m.price_version);
+            let configured = config.models.get(&entry.id).map(|price| creditd_store::ModelVersion {
+                id: entry.id.clone(),
+                price_version: 0,
+                price: price.clone(),
+                created_at: jiff::Timestamp::UNIX_EPOCH,
+            });
+            let out = |m: &creditd_store::ModelVersion| shown(serde_json::to_value(ModelOut::from(m)));
+            (stored.as_ref().map(out).transpose()?, configured.as_ref().map(out).transpose()?, version)
+        }
+        ConfigKind::Plan => {
+            let plans = store.plans().await.map_err(read)?;
+            let out = |p: &Plan| shown(serde_json::to_value(PlanOut::from(p)));
+            let configured = config.core_plans().into_iter().find(|p| p.id == entry.id);
+            (plans.get(&entry.id).map(out).transpose()?, configured.as_ref().map(out).transpose()?, None)
+        }
+    };
+    let kind = entry.kind.as_str();
+    let mut text = if entry.recorded {
+        format!("  {kind} {:?}: changed in {source} and through the API\n", entry.id)
+    } else {
+        format!(
+            "  {kind} {:?}: {source} and the store differ, and no earlier start recorded what the configuration \
+             said (a database from before creditd kept that record), so which is newer cannot be told\n",
+            entry.id
+        )
+    };
+    let version = version.map(|v| format!(", price_version {v}")).unwrap_or_default();
+    let (stored, configured) = (fields(stored.as_ref()), fields(configured.as_ref()));
+    for (field, in_config) in &configured {
+        let in_store = stored.get(field).map_or("(absent)", String::as_str);
+        if in_store != in_config {
+            text.push_str(&format!("    {field}: {in_config} in {source}; {in_store} in the store{version}\n"));
+        }
+    }
+    Ok(text)
+}
+
+/// A model or plan as the API shows it, flattened to `a.b` paths, without
+/// what the API adds (ids, versions, derived pools).
+fn fields(value: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    walk(&path, item, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Some(value) = value {
+        walk("", value, &mut out);
+    }
+    for derived in ["id", "price_version", "created_at", "main_pool", "backup_pool", "budget_usd"] {
+        out.remove(derived);
+    }
+    out
 }
 
 /// `[payments.*]` for the API: a provider's webhooks are served once its
@@ -269,27 +401,6 @@ fn payments(config: &Config) -> PaymentsConfig {
         "payment webhooks"
     );
     PaymentsConfig { creem, nowpayments }
-}
-
-/// Writes the configuration's plans, each only when it differs from the
-/// stored one. A plan changed through the API is overwritten by the file's
-/// at the next start, as models are; plans only in the store stay.
-async fn sync_plans(store: &dyn Store, plans: &[Plan]) -> Result<(), Failure> {
-    let stored = store.plans().await.map_err(|e| Failure::runtime(format!("cannot read the plans: {e}")))?;
-    let mut written = 0;
-    for plan in plans {
-        if stored.get(&plan.id) == Some(plan) {
-            continue;
-        }
-        store
-            .execute(Command::PutPlan { plan: plan.clone() }, None)
-            .await
-            .map_err(|e| Failure::runtime(format!("cannot write plan {}: {e}", plan.id)))?;
-        tracing::info!(plan = %plan.id, "plans: plan written from the configuration");
-        written += 1;
-    }
-    tracing::info!(plans = plans.len(), written, "plans in sync with the configuration");
-    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

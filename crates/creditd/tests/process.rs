@@ -172,6 +172,7 @@ impl Http {
         let mut request = match method {
             "POST" => self.agent.post(url),
             "PUT" => self.agent.put(url),
+            "PATCH" => self.agent.patch(url),
             other => panic!("unsupported method {other}"),
         };
         request = request.header("Authorization", &format!("Bearer {key}"));
@@ -441,6 +442,101 @@ fn init_writes_a_config_that_serve_starts_with_and_the_admin_key_is_printed_once
         "unchanged model keeps its version"
     );
     assert!(gpt["price_version"].as_i64().unwrap() > before("gpt-4o"), "changed model gets a new version: {gpt}");
+    server.stop();
+}
+
+/// Runs a command that must end by itself (a refused start), within a minute.
+fn run_to_end(mut command: Command) -> Output {
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &id.to_string()]).status();
+            panic!("creditd did not stop by itself (its start should have been refused)");
+        }
+    }
+}
+
+/// Issue 13.2: `PUT /v1/models/gpt-4o` made version 2, and the next start
+/// wrote the configuration's price back as version 3, silently; plans the
+/// same. An API edit now survives restarts; a configuration changed at the
+/// same time stops the start, naming both sides, until the operator picks
+/// one with `--on-config-conflict`.
+#[test]
+fn api_edits_survive_a_restart_and_a_conflict_with_the_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("creditd.toml");
+    let path_arg = path.to_str().unwrap();
+    let out = run(dir.path(), &["init", "--path", path_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = sqlite_url(&dir.path().join("owner.db"));
+    let args = ["--config", path_arg, "--db", &db, "--listen", "127.0.0.1:0", "--admin-key", ADMIN_KEY];
+    let http = Http::new();
+    let version = |server: &Server| {
+        let (status, gpt) = http.get(&server.url("/v1/models/gpt-4o"), Some(ADMIN_KEY));
+        assert_eq!(status, 200, "{gpt}");
+        (gpt["price_version"].as_i64().unwrap(), gpt["cost_usd_per_mtok"]["input"].as_str().unwrap().to_string())
+    };
+    let free_daily = |server: &Server| {
+        let (status, free) = http.get(&server.url("/v1/plans/free"), Some(ADMIN_KEY));
+        assert_eq!(status, 200, "{free}");
+        free["daily_requests"].clone()
+    };
+
+    let server = Server::start(dir.path(), &args);
+    let (v1, _) = version(&server);
+    let edit = json!({"cost_usd_per_mtok": {"input": "3"}});
+    let (status, gpt) = http.send("PATCH", &server.url("/v1/models/gpt-4o"), ADMIN_KEY, &edit, None);
+    assert_eq!((status, gpt["price_version"].as_i64()), (200, Some(v1 + 1)), "{gpt}");
+    let (status, free) =
+        http.send("PATCH", &server.url("/v1/plans/free"), ADMIN_KEY, &json!({"daily_requests": 7}), None);
+    assert_eq!((status, free["daily_requests"].as_i64()), (200, Some(7)), "{free}");
+    server.stop();
+
+    // The file did not change: the API's edits stay, and the log says the
+    // file no longer describes them.
+    let server = Server::start(dir.path(), &args);
+    assert_eq!(version(&server), (v1 + 1, "3".to_string()));
+    assert_eq!(free_daily(&server), 7);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("model \"gpt-4o\"") && log.contains("keeping the version changed through the API"), "{log}");
+    server.stop();
+
+    // Now the file changes the same model: the start stops, naming both.
+    let changed = std::fs::read_to_string(&path).unwrap().replace(
+        "cost_usd_per_mtok = { input = \"2.5\", output = \"10\", cache_read = \"1.25\" }",
+        "cost_usd_per_mtok = { input = \"2\", output = \"10\", cache_read = \"1.25\" }",
+    );
+    std::fs::write(&path, changed).unwrap();
+    let mut serve = creditd(dir.path());
+    serve.arg("serve").args(args);
+    let out = run_to_end(serve);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("model \"gpt-4o\": changed in"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cost_usd_per_mtok.input: \"2\" in {path_arg}; \"3\" in the store, price_version {}",
+            v1 + 1
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--on-config-conflict config") && stderr.contains("--on-config-conflict api"), "{stderr}");
+    assert!(!stderr.contains("plan \"free\""), "the file did not change free: {stderr}");
+
+    // The operator picks the file: it is written, and the next start has
+    // nothing to decide.
+    let server = Server::start(dir.path(), &[&args[..], &["--on-config-conflict", "config"]].concat());
+    assert_eq!(version(&server), (v1 + 2, "2".to_string()));
+    assert_eq!(free_daily(&server), 7, "free had no conflict: the API's edit stays");
+    server.stop();
+    let server = Server::start(dir.path(), &args);
+    assert_eq!(version(&server), (v1 + 2, "2".to_string()));
     server.stop();
 }
 

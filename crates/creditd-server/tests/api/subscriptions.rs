@@ -173,9 +173,8 @@ async fn patch_changes_only_the_fields_given() {
     let pro = json!({"name": "Pro", "price_usd": "50", "monthly_credits": "5000", "rate_per_minute": 60,
                      "daily_requests": 500, "model_access": ["a", "b"], "cost_budget_multiplier": "10"});
     api.put("/v1/plans/pro", pro).await.expect(200);
-    let r = api
-        .call("PATCH", "/v1/plans/pro", Some(&admin), Some(json!({"price_usd": "60", "model_access": ["c"]})))
-        .await;
+    let r =
+        api.call("PATCH", "/v1/plans/pro", Some(&admin), Some(json!({"price_usd": "60", "model_access": ["c"]}))).await;
     let patched = r.expect(200);
     assert_eq!(patched["price_usd"], "60");
     assert_eq!(patched["budget_usd"], "600", "derived fields follow");
@@ -184,7 +183,12 @@ async fn patch_changes_only_the_fields_given() {
     assert_eq!(patched["rate_per_minute"], 60);
     // `null` is no limit, no budget (as in a PUT), not the default.
     let r = api
-        .call("PATCH", "/v1/plans/pro", Some(&admin), Some(json!({"rate_per_minute": null, "cost_budget_multiplier": null})))
+        .call(
+            "PATCH",
+            "/v1/plans/pro",
+            Some(&admin),
+            Some(json!({"rate_per_minute": null, "cost_budget_multiplier": null})),
+        )
         .await;
     let patched = r.expect(200);
     assert_eq!((patched["rate_per_minute"].clone(), patched["budget_usd"].clone()), (Value::Null, Value::Null));

@@ -10,8 +10,15 @@ use super::conn::PgConn;
 use crate::StoreError;
 
 /// Migrations in order; a database records the ones applied.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, V1), (2, V2), (3, V3), (4, V4_PROXY_KEYS), (5, V5_DASHBOARD_SESSIONS), (6, V6_MODEL_IMPORTS)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, V4_PROXY_KEYS),
+    (5, V5_DASHBOARD_SESSIONS),
+    (6, V6_MODEL_IMPORTS),
+    (7, V7_CONFIG_APPLIED),
+];
 
 const V1: &str = r#"
 CREATE TABLE accounts (
@@ -362,6 +369,18 @@ CREATE TABLE model_imports (
     format        TEXT NOT NULL,
     imported_at   BIGINT NOT NULL,
     PRIMARY KEY (id, price_version)
+);
+"#;
+
+/// What the configuration said for each model and plan when it was last
+/// applied at a start (SQLite V9; `docs/configuration.md`).
+const V7_CONFIG_APPLIED: &str = r#"
+CREATE TABLE config_applied (
+    kind       TEXT COLLATE "C" NOT NULL,
+    id         TEXT COLLATE "C" NOT NULL,
+    applied    TEXT COLLATE "C" NOT NULL,
+    applied_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, id)
 );
 "#;
 

@@ -197,6 +197,31 @@ pub fn decode_windows(text: &str) -> Result<RequestWindows, Corrupt> {
 }
 
 /// A plan's model access: `all`, `free`, or `list:` and the ids as tools are.
+/// A plan as one line of text, every field in a fixed order, for
+/// `config_applied` (what the configuration last said): two plans are
+/// equal exactly when their encodings are. Never parsed back (the plan's
+/// own row is what the engine reads). E.g. `v1 name="Pro" price_usd=50000000000
+/// monthly_credits=5000000000 … model_access="all" cost_budget_multiplier=10000000`.
+pub fn encode_plan(p: &creditd_core::plan::Plan) -> String {
+    let opt = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let limit = |v: Option<u32>| opt(v.map(i64::from));
+    format!(
+        "v1 id={:?} name={:?} price_usd={} monthly_credits={} bonus_percent={} backup_multiplier={} \
+         rate_per_minute={} daily_requests={} weekly_requests={} model_access={:?} cost_budget_multiplier={}",
+        p.id,
+        p.name,
+        p.price_usd.units(),
+        p.monthly_credits.units(),
+        p.bonus_percent.units(),
+        p.backup_multiplier.units(),
+        limit(p.limits.rate_per_minute),
+        limit(p.limits.daily_requests),
+        limit(p.limits.weekly_requests),
+        encode_model_access(&p.model_access),
+        opt(p.cost_budget_multiplier.map(Factor::units)),
+    )
+}
+
 pub fn encode_model_access(access: &ModelAccess) -> String {
     match access {
         ModelAccess::All => "all".into(),

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, truncate};
 use super::{Db, DbExt, WriterDb, params, rows};
 
+mod config;
 mod imports;
 mod webhooks;
 use crate::{
@@ -74,6 +75,11 @@ enum Pending {
     /// The versions an import wrote.
     Models(Vec<ModelVersion>),
     Plan(Box<Plan>),
+    /// What applying the configuration wrote.
+    Config {
+        models: Vec<ModelVersion>,
+        plans: Vec<Plan>,
+    },
 }
 
 /// The price book: current versions, and older ones that holds still name;
@@ -567,6 +573,14 @@ impl<C: WriterDb> Writer<C> {
             Pending::Plan(plan) => {
                 self.book.plans.insert(*plan);
             }
+            Pending::Config { models, plans } => {
+                for model in models {
+                    self.book.current.insert(model.id.clone(), model);
+                }
+                for plan in plans {
+                    self.book.plans.insert(plan);
+                }
+            }
         }
     }
 
@@ -997,6 +1011,7 @@ impl<C: WriterDb> Writer<C> {
             Command::WebhookEvent { event } => self.webhook_event(event, background),
             Command::Ping => Ok((Reply::Swept, Pending::Nothing)),
             Command::ImportModels { import } => self.import_models(import),
+            Command::ApplyConfig { apply } => self.apply_config(apply),
         }
     }
 }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, V6_PROXY_KEYS),
     (7, V7_DASHBOARD_SESSIONS),
     (8, V8_MODEL_IMPORTS),
+    (9, V9_CONFIG_APPLIED),
 ];
 
 const V1: &str = r#"
@@ -348,6 +349,21 @@ CREATE TABLE model_imports (
     format        TEXT NOT NULL,
     imported_at   INTEGER NOT NULL,
     PRIMARY KEY (id, price_version)
+);
+"#;
+
+/// What the configuration said for each model and plan when it was last
+/// applied at a start (`docs/configuration.md`): `applied` is the store's
+/// canonical encoding of the entry (`codec::encode_price`,
+/// `codec::encode_plan`). A start compares it with what the file says now
+/// and with the stored row, to tell a configuration change from an API edit.
+const V9_CONFIG_APPLIED: &str = r#"
+CREATE TABLE config_applied (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    applied    TEXT NOT NULL,
+    applied_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
 );
 "#;
 

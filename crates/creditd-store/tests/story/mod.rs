@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use creditd_core::account::{AccountStatus, GrantKind, HoldStatus, RequestDetails, Source};
 use creditd_core::campaign::{Billing, Cadence, Campaigns, Eligible, RecurringGift, SignupBonus};
+use creditd_core::config_apply::{ConfigDecision, ConfigWinner};
 use creditd_core::engine::{NewGrant, Outcome, Refusal};
 use creditd_core::ledger::{EntryKind, Reference};
 use creditd_core::limits::RequestLimits;
@@ -16,8 +17,8 @@ use creditd_core::units::Factor;
 use creditd_core::units::{Credits, Usd};
 use creditd_core::{Grant, Hold};
 use creditd_store::{
-    AccountToken, ApiKey, AuthorizeRequest, Clock, Command, EngineConfig, Idempotent, LedgerFilter, ManualClock, Page,
-    Reply, Role, Store, StoreError, StoredResponse,
+    AccountToken, ApiKey, AuthorizeRequest, Clock, Command, ConfigApply, EngineConfig, Idempotent, LedgerFilter,
+    ManualClock, Page, Reply, Role, Store, StoreError, StoredResponse,
 };
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
@@ -715,4 +716,113 @@ pub async fn subscriptions(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
 
     let report = s.audit().await.expect("audit");
     assert_eq!(report.breaches, vec![]);
+}
+
+/// Applies `models` and `plans` as a start would, and returns what each
+/// entry came to as `(id, decision, resolved, price_version)`.
+async fn apply_config(
+    store: &dyn Store,
+    models: &[(&str, ModelPrice)],
+    plans: &[Plan],
+    on_conflict: Option<ConfigWinner>,
+) -> (bool, Vec<(String, ConfigDecision, Option<ConfigWinner>, Option<i64>)>) {
+    let apply = ConfigApply {
+        models: models.iter().map(|(id, p)| (id.to_string(), p.clone())).collect(),
+        plans: plans.to_vec(),
+        on_conflict,
+    };
+    let Reply::ConfigApplied(outcome) = run(store, Command::ApplyConfig { apply }).await else {
+        panic!("not ConfigApplied")
+    };
+    let entries = outcome.entries.into_iter().map(|e| (e.id, e.decision, e.resolved, e.price_version)).collect();
+    (outcome.applied, entries)
+}
+
+/// Issue 13.2: a price or plan changed through the API was put back to the
+/// configuration's at the next start. The configuration now writes only
+/// what it changed since it was last applied; where both changed, nothing
+/// is written until the operator says which side wins.
+pub async fn config_ownership(store: Arc<dyn Store>) {
+    use ConfigDecision::*;
+    let s = store.as_ref();
+    let price = |id: &'static str| async move { s.model(id).await.expect("model").map(|m| (m.price_version, m.price)) };
+    let pro = |daily: u32| Plan {
+        limits: RequestLimits { rate_per_minute: None, daily_requests: Some(daily), weekly_requests: None },
+        ..paid_plan("pro", 50, 5000, None)
+    };
+    let daily = |book: creditd_core::PlanBook| book.get("pro").and_then(|p| p.limits.daily_requests);
+
+    // First start: everything is created.
+    let (applied, entries) = apply_config(s, &[("m", model(1))], &[pro(500)], None).await;
+    assert!(applied);
+    assert_eq!(entries, [("m".into(), Create, None, Some(1)), ("pro".into(), Create, None, None)]);
+    // A restart with nothing changed writes nothing.
+    let (_, entries) = apply_config(s, &[("m", model(1))], &[pro(500)], None).await;
+    assert_eq!(entries, [("m".into(), Unchanged, None, Some(1)), ("pro".into(), Unchanged, None, None)]);
+
+    // The API edits both; a restart with the same configuration keeps the edits.
+    run(s, Command::PutModel { id: "m".into(), price: model(2) }).await;
+    run(s, Command::PutPlan { plan: pro(600) }).await;
+    let (applied, entries) = apply_config(s, &[("m", model(1))], &[pro(500)], None).await;
+    assert!(applied);
+    assert_eq!(entries, [("m".into(), KeepEdit, None, Some(2)), ("pro".into(), KeepEdit, None, None)]);
+    assert_eq!(price("m").await, Some((2, model(2))));
+    assert_eq!(daily(s.plans().await.expect("plans")), Some(600));
+
+    // Now the configuration changes too: a conflict, and nothing is written,
+    // not even a new model of the same configuration.
+    let models = [("m", model(3)), ("new", model(1))];
+    let (applied, entries) = apply_config(s, &models, &[pro(700)], None).await;
+    assert!(!applied);
+    assert_eq!(
+        entries,
+        [
+            ("m".into(), Conflict, None, Some(2)),
+            ("new".into(), Create, None, None),
+            ("pro".into(), Conflict, None, None)
+        ]
+    );
+    assert_eq!(price("m").await, Some((2, model(2))));
+    assert_eq!(price("new").await, None);
+    assert_eq!(daily(s.plans().await.expect("plans")), Some(600));
+    // Still a conflict at the next start: nothing was recorded either.
+    assert!(!apply_config(s, &models, &[pro(700)], None).await.0);
+
+    // The API wins: its versions stay and the configuration's count as applied,
+    // so the next start (same configuration) keeps them without asking.
+    let (applied, entries) = apply_config(s, &models, &[pro(700)], Some(ConfigWinner::Api)).await;
+    assert!(applied);
+    assert_eq!(entries[0], ("m".into(), Conflict, Some(ConfigWinner::Api), Some(2)));
+    assert_eq!(entries[1], ("new".into(), Create, None, Some(1)));
+    assert_eq!(price("m").await, Some((2, model(2))));
+    assert_eq!(daily(s.plans().await.expect("plans")), Some(600));
+    let (_, entries) = apply_config(s, &models, &[pro(700)], None).await;
+    assert_eq!(entries[0].1, KeepEdit);
+    assert_eq!(entries[2].1, KeepEdit);
+
+    // The configuration changes again: a conflict, which the configuration wins.
+    let models = [("m", model(4)), ("new", model(1))];
+    assert!(!apply_config(s, &models, &[pro(800)], None).await.0);
+    let (applied, entries) = apply_config(s, &models, &[pro(800)], Some(ConfigWinner::Config)).await;
+    assert!(applied);
+    assert_eq!(entries[0], ("m".into(), Conflict, Some(ConfigWinner::Config), Some(3)));
+    assert_eq!(price("m").await, Some((3, model(4))));
+    assert_eq!(daily(s.plans().await.expect("plans")), Some(800));
+
+    // The configuration changes and the store was not edited since: written.
+    let (_, entries) = apply_config(s, &[("m", model(5))], &[pro(900)], None).await;
+    assert_eq!(entries, [("m".into(), Update, None, Some(4)), ("pro".into(), Update, None, None)]);
+    assert_eq!(price("m").await, Some((4, model(5))));
+    assert_eq!(daily(s.plans().await.expect("plans")), Some(900));
+
+    // A model made through the API and later added to the configuration with
+    // another price: nothing says which is newer, so the operator decides.
+    run(s, Command::PutModel { id: "api".into(), price: model(1) }).await;
+    let (applied, entries) = apply_config(s, &[("api", model(2))], &[], None).await;
+    assert!(!applied);
+    assert_eq!(entries, [("api".into(), Conflict, None, Some(1))]);
+    // The same price in both: nothing to decide.
+    let (applied, entries) = apply_config(s, &[("api", model(1))], &[], None).await;
+    assert!(applied);
+    assert_eq!(entries, [("api".into(), Unchanged, None, Some(1))]);
 }
