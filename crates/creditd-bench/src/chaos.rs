@@ -65,15 +65,42 @@ pub struct ChaosArgs {
 /// What an operation was, to look for it afterwards.
 #[derive(Clone, Debug)]
 enum Op {
-    Authorize { account: String, request: String },
-    Settle { account: String, request: String },
-    Release { account: String, request: String },
-    Usage { account: String, request: String },
-    Topup { external_id: String },
-    Grant { tag: String },
-    Void { grant: String },
-    Adjust { tag: String },
-    Refund { account: String, request: String },
+    Authorize {
+        account: String,
+        request: String,
+    },
+    Settle {
+        account: String,
+        request: String,
+    },
+    Release {
+        account: String,
+        request: String,
+    },
+    Usage {
+        account: String,
+        request: String,
+    },
+    Topup {
+        external_id: String,
+    },
+    Grant {
+        tag: String,
+    },
+    /// `tag` is the void's reason: its own entry is the `void` entry with
+    /// that reason (later `void` entries of the grant are its holds'
+    /// credits, voided as they are freed, or its refunded charges).
+    Void {
+        grant: String,
+        tag: String,
+    },
+    Adjust {
+        tag: String,
+    },
+    Refund {
+        account: String,
+        request: String,
+    },
 }
 
 impl Op {
@@ -318,9 +345,10 @@ fn client(cluster: &Cluster, tally: &Tally, accounts: usize, stop: &AtomicBool) 
             }
             85..89 if !grants.is_empty() => {
                 let (account, grant) = grants.swap_remove(rng.random_range(0..grants.len()));
+                let tag = format!("void-{id}");
                 let path = format!("/v1/accounts/{account}/grants/{grant}/void");
-                let answer = send(&agent, cluster, tally, "POST", &path, &json!({"reason": "chaos"}), Some(&id));
-                (Op::Void { grant }, answer)
+                let answer = send(&agent, cluster, tally, "POST", &path, &json!({"reason": tag}), Some(&id));
+                (Op::Void { grant, tag }, answer)
             }
             85..94 => {
                 let tag = format!("adjust-{id}");
@@ -548,7 +576,16 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         "SELECT reference_id, COUNT(*) FROM ledger_entries WHERE kind = 'topup' AND reference_id IS NOT NULL GROUP BY 1",
     )?;
     let grant_rows = counts(&args.db, "SELECT reason, COUNT(*) FROM grants WHERE reason IS NOT NULL GROUP BY 1")?;
-    let voids = counts(&args.db, "SELECT grant_id, COUNT(*) FROM ledger_entries WHERE kind = 'void' GROUP BY 1")?;
+    let voids = counts(
+        &args.db,
+        "SELECT reason, COUNT(*) FROM ledger_entries WHERE kind = 'void' AND reason LIKE 'void-%' GROUP BY 1",
+    )?;
+    // Credits of a voided grant freed later (a hold released, a charge
+    // refunded) are voided then, by entries of their own: not doubles.
+    let voided_later = counts(
+        &args.db,
+        "SELECT 'later', COUNT(*) FROM ledger_entries WHERE kind = 'void' AND (reason IS NULL OR reason NOT LIKE 'void-%')",
+    )?;
     let voided = counts(&args.db, "SELECT id, COUNT(*) FROM grants WHERE voided <> 0 GROUP BY 1")?;
     let adjustments = counts(
         &args.db,
@@ -570,7 +607,7 @@ pub fn run(args: ChaosArgs) -> Result<()> {
             Op::Topup { external_id } => (get(&topups, external_id), 1),
             Op::Grant { tag } => (get(&grant_rows, tag), 1),
             // A void of a grant with nothing unheld left writes no entry.
-            Op::Void { grant } => (get(&voided, grant).max(get(&voids, grant).min(1)), get(&voids, grant).max(1)),
+            Op::Void { grant, tag } => (get(&voided, grant).max(get(&voids, tag).min(1)), get(&voids, tag).max(1)),
             Op::Adjust { tag } => (get(&adjustments, tag), 1),
         };
         let entry = by_kind.entry(op.name()).or_default();
@@ -594,6 +631,7 @@ pub fn run(args: ChaosArgs) -> Result<()> {
     let kinds: Vec<String> = by_kind.iter().map(|(k, (t, a))| format!("{k} {a}/{t}")).collect();
     println!("  by kind (acknowledged/tried): {}", kinds.join(", "));
     println!("lost: {}   doubled: {}", lost.len(), doubled.len());
+    println!("void entries of credits freed after their grant's void: {}", voided_later.get("later").unwrap_or(&0));
     println!(
         "answers: 2xx {}, 4xx {}, 500 {}, 503 {}, other 5xx {}, no answer {}; retries {}, given up {}",
         count(200, 299),

@@ -70,10 +70,12 @@ pub fn parse_fixed(text: &str, scale: u32, max_fraction_digits: u32) -> Result<i
     i64::try_from(value).map_err(|_| UnitError::OutOfRange)
 }
 
-/// Prints an integer count of `10^-scale` units in canonical decimal form.
-pub fn format_fixed(value: i64, scale: u32) -> String {
+/// Prints an integer count of `10^-scale` units in canonical decimal form
+/// (`i128`: sums of many amounts are printed too; see `Total`).
+pub fn format_fixed(value: impl Into<i128>, scale: u32) -> String {
+    let value: i128 = value.into();
     let divisor = 10u128.pow(scale);
-    let magnitude = value.unsigned_abs() as u128;
+    let magnitude = value.unsigned_abs();
     let int_part = magnitude / divisor;
     let frac_part = magnitude % divisor;
     let sign = if value < 0 { "-" } else { "" };
@@ -82,6 +84,39 @@ pub fn format_fixed(value: i64, scale: u32) -> String {
     }
     let frac = format!("{frac_part:0width$}", width = scale as usize);
     format!("{sign}{int_part}.{}", frac.trim_end_matches('0'))
+}
+
+/// An exact sum of amounts of `10^-SCALE` units (µcr: [`CreditsTotal`];
+/// nano-dollars: [`UsdTotal`]): wider than one amount, so that summing any
+/// number of stored amounts can neither overflow nor round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Total<const SCALE: u32>(i128);
+
+/// A sum of credits.
+pub type CreditsTotal = Total<{ Credits::SCALE }>;
+/// A sum of US dollars.
+pub type UsdTotal = Total<{ Usd::SCALE }>;
+
+impl<const SCALE: u32> Total<SCALE> {
+    pub const ZERO: Self = Total(0);
+
+    pub const fn from_units(units: i128) -> Self {
+        Total(units)
+    }
+
+    pub const fn units(self) -> i128 {
+        self.0
+    }
+
+    pub fn checked_add(self, other: Self) -> Option<Self> {
+        self.0.checked_add(other.0).map(Total)
+    }
+}
+
+impl<const SCALE: u32> fmt::Display for Total<SCALE> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_fixed(self.0, SCALE))
+    }
 }
 
 /// `numerator / denominator` rounded half away from zero ("half up").

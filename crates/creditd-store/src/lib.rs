@@ -25,7 +25,7 @@ use creditd_core::plan::{Plan, PlanBook};
 use creditd_core::price_import::{ImportAction, ImportOptions, ImportedPrice};
 use creditd_core::pricing::{EstimateInput, ModelPrice, PricingPolicy, RequestStatus};
 use creditd_core::subscription::{Subscription, SubscriptionKind};
-use creditd_core::units::{Credits, Usd};
+use creditd_core::units::{Credits, CreditsTotal, Usd, UsdTotal};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
@@ -638,7 +638,14 @@ pub enum GroupBy {
     Status,
 }
 
-/// Sums over a set of usage records.
+/// An account's hot state as stored and the plans, as of one instant.
+#[derive(Clone, Debug)]
+pub struct StoredAccount {
+    pub state: AccountState,
+    pub plans: PlanBook,
+}
+
+/// Sums over a set of usage records, exact however many there are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageTotals {
     pub requests: u64,
@@ -646,8 +653,13 @@ pub struct UsageTotals {
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
     pub output_tokens: u64,
-    pub credits: Credits,
-    pub cost_usd: Usd,
+    /// Credits charged, net of refunds: refunded records count nothing here.
+    pub credits: CreditsTotal,
+    /// Credits of the refunded records (what they were charged).
+    pub refunded_credits: CreditsTotal,
+    /// What the requests cost, refunded or not (gross): a refund gives the
+    /// account its credits back, not the provider its cost.
+    pub cost_usd: UsdTotal,
 }
 
 impl UsageTotals {
@@ -660,20 +672,25 @@ impl UsageTotals {
             cache_write_tokens: self.cache_write_tokens.checked_add(other.cache_write_tokens)?,
             output_tokens: self.output_tokens.checked_add(other.output_tokens)?,
             credits: self.credits.checked_add(other.credits)?,
+            refunded_credits: self.refunded_credits.checked_add(other.refunded_credits)?,
             cost_usd: self.cost_usd.checked_add(other.cost_usd)?,
         })
     }
 
     /// The totals of one record.
     pub fn of(record: &UsageRecord) -> UsageTotals {
+        let credits = CreditsTotal::from_units(record.credits.units().into());
+        let (credits, refunded_credits) =
+            if record.refunded { (CreditsTotal::ZERO, credits) } else { (credits, CreditsTotal::ZERO) };
         UsageTotals {
             requests: 1,
             input_tokens: record.usage.input_tokens,
             cache_read_tokens: record.usage.cache_read_tokens,
             cache_write_tokens: record.usage.cache_write_tokens,
             output_tokens: record.usage.output_tokens,
-            credits: record.credits,
-            cost_usd: record.cost_usd,
+            credits,
+            refunded_credits,
+            cost_usd: UsdTotal::from_units(record.cost_usd.units().into()),
         }
     }
 }
@@ -778,6 +795,10 @@ pub trait Store: Send + Sync + 'static {
     async fn accounts(&self, page: Page) -> Result<Paged<AccountRow>, StoreError>;
     /// The hot state as stored (bring it to now with `creditd_core::engine::view`).
     async fn account_state(&self, id: &str) -> Result<Option<AccountState>, StoreError>;
+    /// The hot state as stored and the plans, read in one snapshot: what
+    /// an answer about the account as of now (its balance, an estimate's
+    /// `allowed`, its subscription) is made from.
+    async fn stored_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError>;
     /// Grants newest first; without `include_spent`, only those with credits left.
     async fn grants(&self, account_id: &str, include_spent: bool, page: Page) -> Result<Paged<Grant>, StoreError>;
     /// Entries newest first.

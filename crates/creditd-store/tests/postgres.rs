@@ -182,3 +182,150 @@ async fn audit_sees_issue_12_defects_on_postgres() {
     let store = Arc::new(connect(&db, story::money::config(), &clock));
     story::money::audit_sees_the_defects(store, clock).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_see_only_committed_states_on_postgres() {
+    let db = PgDatabase::create();
+    story::reads::reads_see_only_committed_states(Arc::new(connect(&db, EngineConfig::default(), &clock()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_summary_sums_exactly_net_of_refunds_on_postgres() {
+    let db = PgDatabase::create();
+    let store = connect(&db, EngineConfig::default(), &clock());
+    story::reads::the_usage_summary_sums_exactly_net_of_refunds(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_as_of_the_clock_on_postgres() {
+    let db = PgDatabase::create();
+    let clock = clock();
+    story::reads::the_ledger_is_as_of_the_clock(Arc::new(connect(&db, EngineConfig::default(), &clock)), clock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_leaves_the_readers_serving_on_postgres() {
+    let db = PgDatabase::create();
+    story::reads::a_failed_read_leaves_the_readers_serving(Arc::new(connect(&db, EngineConfig::default(), &clock())))
+        .await;
+}
+
+/// Every read the API makes, answered again at once after the database
+/// ended the connections.
+async fn reads_answer(store: &PgStore, within: std::time::Duration) {
+    let started = std::time::Instant::now();
+    // More at once than there are read connections, so that every one of
+    // them is used.
+    let reads = (0..12).map(|_| async {
+        store.account_state("acct").await.map(drop)?;
+        store.ledger("acct", Default::default(), story::all()).await.map(drop)?;
+        store.key("no-such-key").await.map(drop)?;
+        store.account_token("no-such-token").await.map(drop)
+    });
+    for read in futures_util::future::join_all(reads).await {
+        assert_eq!(read, Ok(()), "a read after the connections ended");
+    }
+    let health = store.health().await;
+    assert_eq!((health.writer, health.reader), (Ok(()), Ok(())));
+    assert!(started.elapsed() < within, "{:?}", started.elapsed());
+}
+
+/// Issue #19 item 1: after every connection is cut (a restart, a network
+/// failure), reads recover by themselves within a second: the read pool
+/// closes a connection that failed and connects anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_recover_after_the_connections_are_cut() {
+    use creditd_testing::proxy::PgProxy;
+    let db = PgDatabase::create();
+    let proxy = PgProxy::start(&creditd_testing::postgres_server_addr()).expect("proxy");
+    let clock = clock();
+    let store =
+        PgStore::connect(&proxy.url_for(db.url()), EngineConfig::default(), WriterLimits::default(), clock.clone())
+            .expect("connect");
+    run(&store, Command::CreateAccount { id: "acct".into(), email: None, metadata: None }).await;
+    reads_answer(&store, std::time::Duration::from_secs(1)).await;
+    for _ in 0..2 {
+        proxy.cut_all();
+        reads_answer(&store, std::time::Duration::from_secs(1)).await;
+    }
+    // A database that is down is unavailable for reads, and they recover
+    // once it is back.
+    proxy.set_down(true);
+    proxy.cut_all();
+    let down = store.account_state("acct").await;
+    assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+    proxy.set_down(false);
+    reads_answer(&store, std::time::Duration::from_secs(1)).await;
+}
+
+/// Issue #19 item 1: the same after `pg_terminate_backend` of every server
+/// process of the database (what an operator or a failover does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_recover_after_the_server_processes_are_terminated() {
+    let db = PgDatabase::create();
+    let clock = clock();
+    let store = connect(&db, EngineConfig::default(), &clock);
+    run(&store, Command::CreateAccount { id: "acct".into(), email: None, metadata: None }).await;
+    reads_answer(&store, std::time::Duration::from_secs(1)).await;
+    terminate_all(&db);
+    reads_answer(&store, std::time::Duration::from_secs(1)).await;
+}
+
+/// Ends every other server process of the test's database.
+fn terminate_all(db: &PgDatabase) {
+    let name = db.url().rsplit('/').next().expect("a database name").to_string();
+    let admin = creditd_testing::postgres_admin_url();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("admin");
+            tokio::spawn(connection);
+            let ended = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .await
+                .expect("terminate");
+            assert!(ended.len() >= 5, "{} server processes ended", ended.len());
+        });
+    })
+    .join()
+    .expect("terminate thread");
+}
+
+/// Issue #19 item 1: the idle sweeper's connection (writer 0's) recovers
+/// too: a hold that expires after every connection was cut is released in
+/// the database without anyone touching its account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_sweeper_recovers_after_the_connections_are_cut() {
+    use creditd_testing::proxy::PgProxy;
+    let db = PgDatabase::create();
+    let proxy = PgProxy::start(&creditd_testing::postgres_server_addr()).expect("proxy");
+    let clock = clock();
+    let store =
+        PgStore::connect(&proxy.url_for(db.url()), EngineConfig::default(), WriterLimits::default(), clock.clone())
+            .expect("connect");
+    run(&store, Command::PutModel { id: "m1".into(), price: model(1) }).await;
+    run(&store, Command::CreateAccount { id: "acct".into(), email: None, metadata: None }).await;
+    grant(&store, "acct", promo(Credits::whole(100), None, "pool")).await;
+    let mut request = story::authorize("acct", "r1", "f", 10, None);
+    if let Command::Authorize { request, .. } = &mut request {
+        request.hold_ttl_seconds = Some(60);
+    }
+    run(&store, request).await;
+    // Let the sweeper scan once on the connection, then cut it.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    proxy.cut_all();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    clock.advance(61).expect("forward");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stored = store.account_state("acct").await.expect("read").expect("account");
+        if stored.holds.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the expired hold is still open in the database");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -375,3 +375,28 @@ async fn audit_sees_issue_12_defects_on_sqlite() {
         SqliteStore::open(&db(&dir), story::money::config(), WriterLimits::default(), clock.clone()).expect("open");
     story::money::audit_sees_the_defects(Arc::new(store), clock).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_see_only_committed_states_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    story::reads::reads_see_only_committed_states(Arc::new(open(&db(&dir), &clock()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_summary_sums_exactly_net_of_refunds_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    story::reads::the_usage_summary_sums_exactly_net_of_refunds(Arc::new(open(&db(&dir), &clock()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_as_of_the_clock_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    let clock = clock();
+    story::reads::the_ledger_is_as_of_the_clock(Arc::new(open(&db(&dir), &clock)), clock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_leaves_the_readers_serving_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    story::reads::a_failed_read_leaves_the_readers_serving(Arc::new(open(&db(&dir), &clock()))).await;
+}

@@ -17,7 +17,7 @@ use creditd_core::engine::{self, StartInput};
 use creditd_core::plan::{ModelAccess, Plan};
 use creditd_core::subscription::SubscriptionKind;
 use creditd_core::units::Usd;
-use creditd_store::Command;
+use creditd_store::{Command, StoredAccount};
 
 use super::html::{self, Chrome, Tab, amount, esc};
 use super::providers;
@@ -113,8 +113,8 @@ fn cap(n: Option<u32>) -> String {
 
 pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, String>) -> PageResult {
     let account = &session.account_id;
-    let stored = state.store.account_state(account).await?.ok_or_else(|| ApiError::not_found("no such account"))?;
-    let plans = state.store.plans().await?;
+    let StoredAccount { state: stored, plans } =
+        state.store.stored_account(account).await?.ok_or_else(|| ApiError::not_found("no such account"))?;
     let now = state.clock.now();
     let current = engine::view(&stored, now, state.config.engine.context(&plans));
     let active = current.subscription.as_ref().filter(|s| s.is_active());
@@ -297,9 +297,8 @@ pub async fn switch_page(state: &AppState, session: &Session, query: &HashMap<St
     else {
         return Ok(back("error", "product"));
     };
-    let stored =
-        state.store.account_state(&session.account_id).await?.ok_or_else(|| ApiError::not_found("no such account"))?;
-    let plans = state.store.plans().await?;
+    let StoredAccount { state: stored, plans } =
+        state.store.stored_account(&session.account_id).await?.ok_or_else(|| ApiError::not_found("no such account"))?;
     let now = state.clock.now();
     let ctx = state.config.engine.context(&plans);
     let mut copy = stored.clone();

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use axum::http::StatusCode;
 use creditd_core::engine;
 use creditd_core::units::Usd;
+use creditd_store::StoredAccount;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
@@ -76,8 +77,8 @@ fn micros(decimal: &str) -> u64 {
 pub async fn page(state: &AppState, session: &Session, query: &HashMap<String, String>) -> PageResult {
     let id = &session.account_id;
     let account = state.store.account(id).await?.ok_or_else(|| ApiError::not_found("the account no longer exists"))?;
-    let stored = state.store.account_state(id).await?.ok_or_else(|| ApiError::not_found("no such account"))?;
-    let plans = state.store.plans().await?;
+    let StoredAccount { state: stored, plans } =
+        state.store.stored_account(id).await?.ok_or_else(|| ApiError::not_found("no such account"))?;
     let ctx = state.config.engine.context(&plans);
     let now = state.clock.now();
     let current = engine::view(&stored, now, ctx);

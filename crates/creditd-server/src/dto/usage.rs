@@ -11,7 +11,11 @@ pub struct UsageTotalsOut {
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
     pub output_tokens: u64,
+    /// Net of refunds: a refunded record's credits are in
+    /// `refunded_credits` instead.
     pub credits: String,
+    pub refunded_credits: String,
+    /// Gross: every record's cost, refunded or not.
     pub cost_usd: String,
 }
 
@@ -24,6 +28,7 @@ impl From<&UsageTotals> for UsageTotalsOut {
             cache_write_tokens: t.cache_write_tokens,
             output_tokens: t.output_tokens,
             credits: t.credits.to_string(),
+            refunded_credits: t.refunded_credits.to_string(),
             cost_usd: t.cost_usd.to_string(),
         }
     }

@@ -7,7 +7,7 @@ use creditd_core::account::AccountStatus;
 use creditd_core::engine::view;
 use creditd_core::plan::FREE_PLAN;
 use creditd_core::subscription::Subscription;
-use creditd_store::{AccountRow, Command, Reply};
+use creditd_store::{AccountRow, Command, Reply, StoredAccount};
 
 use super::load_account;
 use super::subscriptions::account_now;
@@ -176,9 +176,11 @@ pub async fn balance(State(state): State<AppState>, caller: Caller, path: PathPa
     let id = path.get(0)?;
     caller.require(Access::GatewayOrAccount(id))?;
     validate::account_id("account id", id)?;
-    let stored =
-        state.store.account_state(id).await?.ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))?;
-    let plans = state.store.plans().await?;
+    let StoredAccount { state: stored, plans } = state
+        .store
+        .stored_account(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))?;
     let ctx = state.config.engine.context(&plans);
     let now = state.clock.now();
     let current = view(&stored, now, ctx);

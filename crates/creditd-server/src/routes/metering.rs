@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use creditd_core::account::AccountStatus;
 use creditd_core::engine::{self, Refusal, view};
 use creditd_core::pricing;
-use creditd_store::{Command, Reply};
+use creditd_store::{Command, Reply, StoredAccount};
 
 use crate::auth::{Access, Caller};
 use crate::dto::{
@@ -53,7 +53,7 @@ async fn estimate_inner(state: &AppState, body: &Body) -> ApiResult<Response> {
             validate::account_id("account_id", id)?;
             let stored = state
                 .store
-                .account_state(id)
+                .stored_account(id)
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))?;
             Some(stored)
@@ -62,11 +62,7 @@ async fn estimate_inner(state: &AppState, body: &Body) -> ApiResult<Response> {
     let model = state.store.model(&input.model).await?.ok_or(Refusal::UnknownModel(input.model.clone()))?;
     let price = pricing::estimate(&model.price, &estimate_input, &request_type, &state.config.engine.policy)
         .map_err(Refusal::from)?;
-    let plans = match &account {
-        Some(_) => state.store.plans().await?,
-        None => Default::default(),
-    };
-    let account = account.map(|stored| {
+    let account = account.map(|StoredAccount { state: stored, plans }| {
         let now = state.clock.now();
         let ctx = state.config.engine.context(&plans);
         let current = view(&stored, now, ctx);

@@ -9,7 +9,7 @@ use creditd_core::engine;
 use creditd_core::ledger::Changes;
 use creditd_core::plan::PlanBook;
 use creditd_core::subscription::Subscription;
-use creditd_store::{Command, Reply};
+use creditd_store::{Command, Reply, StoredAccount};
 
 use super::load_account;
 use crate::auth::{Access, Caller};
@@ -38,9 +38,11 @@ impl AccountNow {
 
 pub(super) async fn account_now(state: &AppState, id: &str) -> ApiResult<AccountNow> {
     validate::account_id("account id", id)?;
-    let stored =
-        state.store.account_state(id).await?.ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))?;
-    let plans = state.store.plans().await?;
+    let StoredAccount { state: stored, plans } = state
+        .store
+        .stored_account(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("account {id:?} not found")))?;
     let (current, changes) = engine::view_with_changes(&stored, state.clock.now(), state.config.engine.context(&plans));
     Ok(AccountNow { state: current, changes, plans })
 }

@@ -1003,6 +1003,23 @@ impl Db for PgConn {
         self.deferred.borrow_mut().push(Deferred::Control(sql.to_string()));
         Ok(())
     }
+
+    /// One snapshot for every statement (`READ COMMITTED`, the default,
+    /// takes one per statement); sent with the first read.
+    fn begin_read(&self) -> Result<(), StoreError> {
+        self.control("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    }
+
+    fn end_read(&self) -> Result<(), StoreError> {
+        self.simple("COMMIT")
+    }
+
+    fn reusable(&self) -> bool {
+        !self.failed.get()
+            && !self.reconnect.get()
+            && self.deferred.borrow().is_empty()
+            && !self.client.borrow().is_closed()
+    }
 }
 
 impl WriterDb for PgConn {
@@ -1102,6 +1119,13 @@ impl WriterDb for PgConn {
 
     fn retry_may_succeed(&self) -> bool {
         matches!(self.failure.get(), Failure::Conflict | Failure::Connection)
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        self.deferred.borrow_mut().clear();
+        self.failed.set(false);
+        self.failure.set(Failure::None);
+        self.ensure_connected()
     }
 }
 

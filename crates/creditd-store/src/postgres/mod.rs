@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use conn::PgConn;
 
-use crate::sql::store::{SqlReader, SqlStore};
+use crate::sql::store::{ReadPool, SqlReader, SqlStore};
 use crate::{Clock, EngineConfig, StoreError, WriterLimits};
 
 /// Read connections per instance.
@@ -40,8 +40,12 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, StoreError> + Send) -> Res
         .unwrap_or_else(|_| Err(StoreError::Internal("connecting to PostgreSQL panicked".into())))
 }
 
-fn connect_readers(url: &str, n: usize) -> Result<Vec<PgConn>, StoreError> {
-    (0..n).map(|_| PgConn::connect(url)).collect()
+/// `n` read connections, and how to connect more as they fail (from the
+/// blocking thread of a read, outside any runtime).
+fn connect_readers(url: &str, n: usize) -> Result<ReadPool<PgConn>, StoreError> {
+    let conns = (0..n).map(|_| PgConn::connect(url)).collect::<Result<_, _>>()?;
+    let url = url.to_string();
+    Ok(ReadPool::new(conns, Box::new(move || PgConn::connect(&url))))
 }
 
 impl PgStore {

@@ -248,6 +248,42 @@ pub trait Db {
     /// Statements without parameters or results (transaction control). Like
     /// [`Db::write`], they may be sent with the next read or commit.
     fn control(&self, sql: &str) -> Result<(), StoreError>;
+
+    /// Begins a read-only transaction: every read until [`Db::end_read`]
+    /// sees the database as of one instant (see [`snapshot`]).
+    fn begin_read(&self) -> Result<(), StoreError> {
+        self.control("BEGIN")
+    }
+
+    /// Ends the transaction of [`Db::begin_read`], now.
+    fn end_read(&self) -> Result<(), StoreError> {
+        self.control("COMMIT")
+    }
+
+    /// Whether the connection can serve another read as it is: no
+    /// transaction left open, no failure noticed. A read connection that
+    /// is not is closed rather than used again (`store::ReadPool`).
+    fn reusable(&self) -> bool {
+        true
+    }
+}
+
+/// Runs the reads of `f` in one read-only transaction, so that an answer
+/// assembled from several queries shows one committed state of the
+/// database, never a mix of two commits (the balance read while a hold is
+/// placed: its grants from before, its holds from after). SQLite: a
+/// deferred transaction, one WAL snapshot from its first read on.
+/// PostgreSQL: `REPEATABLE READ`, one snapshot for every statement. Only on
+/// read connections: the writer's batches are transactions of their own.
+pub fn snapshot<T>(conn: &dyn Db, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    conn.begin_read()?;
+    let result = f();
+    let ended = conn.end_read();
+    // A failed read leaves the transaction to the pool, which closes the
+    // connection (it is not `reusable`).
+    let value = result?;
+    ended?;
+    Ok(value)
 }
 
 /// Conveniences over [`Db::query_each`].
@@ -356,4 +392,12 @@ pub trait WriterDb: Db {
     /// The transaction ended under the batch (a disk or connection error):
     /// nothing of it will be committed.
     fn transaction_lost(&self) -> bool;
+
+    /// Between batches: connects again if the connection was lost, and
+    /// forgets a failure of a statement run outside a batch (the idle
+    /// sweeper's scan), so that such a statement never depends on a dead
+    /// connection until the next batch.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

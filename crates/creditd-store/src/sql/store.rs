@@ -19,72 +19,155 @@ use creditd_core::subscription::Subscription;
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Job, Stats, Writer};
-use super::{Db, DbExt, WriterDb, payments, reader, rows, usage};
+use super::{Db, DbExt, WriterDb, payments, reader, rows, snapshot, usage};
 use crate::{
     AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportEncoder, ExportSink, GroupBy,
-    Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, StoreHealth, UsageFilter,
-    UsageSummary, WriterLimits,
+    Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, StoreHealth, StoredAccount,
+    UsageFilter, UsageSummary, WriterLimits,
 };
 
 /// How long `health` waits for each part of the store.
 const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Opens one more read connection (the pool's connections are replaced
+/// with it when they fail).
+pub type Connect<C> = Box<dyn Fn() -> Result<C, StoreError> + Send + Sync>;
+
 /// Read connections, each used by one read at a time.
+///
+/// A connection that a read leaves in doubt is never handed out again: any
+/// error but a refusal (a refusal is decided before or beside the SQL, and
+/// leaves the connection as it was, which [`Db::reusable`] confirms), a
+/// panic, or a connection that is no longer [`Db::reusable`] after the read
+/// (a transaction left open, a failed statement). Its place is filled by a
+/// new connection when a read next needs one, so that reads recover by
+/// themselves after a database restart or a terminated server process.
 pub struct ReadPool<C> {
-    idle: Mutex<Vec<C>>,
+    slots: Mutex<Slots<C>>,
     returned: Condvar,
+    connect: Connect<C>,
 }
 
-/// A connection borrowed from the pool; it goes back even if the read panics.
+struct Slots<C> {
+    idle: Vec<C>,
+    /// Connections open, idle or leased; at most `size`.
+    open: usize,
+    size: usize,
+}
+
+/// A connection borrowed from the pool; it goes back when the lease ends,
+/// unless the read discarded it or panicked.
 struct Lease<'a, C> {
     pool: &'a ReadPool<C>,
     conn: Option<C>,
 }
 
+impl<C> Lease<'_, C> {
+    /// Closes the connection instead of returning it. After a lost
+    /// connection the idle ones go too: a restart or a terminated database
+    /// has most likely ended them as well, and each would fail one more read.
+    fn discard(&mut self, lost: bool) {
+        let conn = self.conn.take();
+        let idle = {
+            let mut slots = self.pool.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = if lost { std::mem::take(&mut slots.idle) } else { Vec::new() };
+            slots.open -= usize::from(conn.is_some()) + idle.len();
+            idle
+        };
+        // Closed outside the lock.
+        drop(conn);
+        drop(idle);
+        self.pool.returned.notify_all();
+    }
+}
+
 impl<C> Drop for Lease<'_, C> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        if std::thread::panicking() {
+            self.discard(false);
+        } else if let Some(conn) = self.conn.take() {
+            self.pool.slots.lock().unwrap_or_else(|e| e.into_inner()).idle.push(conn);
             self.pool.returned.notify_one();
         }
     }
 }
 
 impl<C: Db> ReadPool<C> {
-    pub fn new(conns: Vec<C>) -> Self {
-        ReadPool { idle: Mutex::new(conns), returned: Condvar::new() }
+    /// A pool of `conns` (its size), replaced through `connect` as they fail.
+    pub fn new(conns: Vec<C>, connect: Connect<C>) -> Self {
+        let size = conns.len().max(1);
+        ReadPool {
+            slots: Mutex::new(Slots { open: conns.len(), idle: conns, size }),
+            returned: Condvar::new(),
+            connect,
+        }
     }
 
-    /// Runs `f` on an idle connection, waiting for one if all are busy.
+    /// An idle connection, a new one if fewer than the pool's size are
+    /// open, or the next one returned.
+    fn take(&self) -> Result<C, StoreError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(conn) = slots.idle.pop() {
+                return Ok(conn);
+            }
+            if slots.open < slots.size {
+                slots.open += 1;
+                drop(slots);
+                return (self.connect)().inspect_err(|_| {
+                    self.slots.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+                    self.returned.notify_one();
+                });
+            }
+            slots = self.returned.wait(slots).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Runs `f` on a connection, waiting for one if all are busy.
     /// Blocking: call it from `spawn_blocking`.
     pub fn with<T>(&self, f: impl FnOnce(&C) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = loop {
-            match idle.pop() {
-                Some(conn) => break conn,
-                None => idle = self.returned.wait(idle).unwrap_or_else(|e| e.into_inner()),
-            }
+        let mut lease = Lease { pool: self, conn: Some(self.take()?) };
+        let Some(conn) = &lease.conn else { return Err(StoreError::Internal("no read connection".into())) };
+        let result = f(conn);
+        let keep = match &result {
+            Ok(_) | Err(StoreError::Refused(_)) => conn.reusable(),
+            Err(_) => false,
         };
-        drop(idle);
-        let lease = Lease { pool: self, conn: Some(conn) };
-        match &lease.conn {
-            Some(conn) => f(conn),
-            None => Err(StoreError::Internal("no read connection".into())),
+        if !keep {
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "a read connection is closed after a failed read");
+            }
+            lease.discard(matches!(result, Err(StoreError::Unavailable(_))));
+        }
+        result
+    }
+
+    /// [`ReadPool::with`], once more on a new connection if the first
+    /// was lost (`Unavailable`): a read changes nothing, so running it
+    /// again is safe, and the first read after a database restart or a
+    /// terminated server process then succeeds rather than answering 503.
+    pub fn with_retry<T>(&self, f: impl Fn(&C) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match self.with(&f) {
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "a read lost its connection; reading again on a new one");
+                self.with(&f)
+            }
+            other => other,
         }
     }
 }
 
-/// Runs a read on a blocking thread.
+/// Runs a read on a blocking thread (see [`ReadPool::with_retry`]).
 pub async fn read<C, T>(
     readers: &Arc<ReadPool<C>>,
-    f: impl FnOnce(&C) -> Result<T, StoreError> + Send + 'static,
+    f: impl Fn(&C) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError>
 where
     C: Db + Send + 'static,
     T: Send + 'static,
 {
     let readers = readers.clone();
-    tokio::task::spawn_blocking(move || readers.with(f))
+    tokio::task::spawn_blocking(move || readers.with_retry(f))
         .await
         .map_err(|e| StoreError::Internal(format!("a read failed: {e}")))?
 }
@@ -168,7 +251,7 @@ impl<C: Db + Send + 'static> SqlStore<C> {
     /// migrated database; at least one) with `readers` for reads.
     pub fn start<W: WriterDb + Send + 'static>(
         writers: Vec<W>,
-        readers: Vec<C>,
+        readers: ReadPool<C>,
         config: EngineConfig,
         limits: WriterLimits,
         clock: Arc<dyn Clock>,
@@ -196,7 +279,7 @@ impl<C: Db + Send + 'static> SqlStore<C> {
             inner: Arc::new(Inner {
                 senders,
                 writers: handles,
-                readers: Some(Arc::new(ReadPool::new(readers))),
+                readers: Some(Arc::new(readers)),
                 clock,
                 stats,
                 config,
@@ -210,7 +293,7 @@ impl<C: Db + Send + 'static> SqlStore<C> {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&C) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&C) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         read(self.readers()?, f).await
     }
@@ -235,8 +318,8 @@ impl<C> std::fmt::Debug for SqlReader<C> {
 }
 
 impl<C: Db + Send + 'static> SqlReader<C> {
-    pub fn new(readers: Vec<C>) -> Self {
-        SqlReader { readers: Arc::new(ReadPool::new(readers)) }
+    pub fn new(readers: ReadPool<C>) -> Self {
+        SqlReader { readers: Arc::new(readers) }
     }
 
     /// The account, if there is one.
@@ -323,14 +406,20 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
 
     async fn account_state(&self, id: &str) -> Result<Option<AccountState>, StoreError> {
         let id = id.to_string();
-        self.read(move |conn| rows::load_state(conn, &id)).await
+        self.read(move |conn| snapshot(conn, || rows::load_state(conn, &id))).await
+    }
+
+    async fn stored_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| snapshot(conn, || reader::stored_account(conn, &id))).await
     }
 
     async fn grants(&self, account_id: &str, include_spent: bool, page: Page) -> Result<Paged<Grant>, StoreError> {
         let account_id = account_id.to_string();
         let now = self.inner.clock.now();
         let config = self.inner.config.clone();
-        self.read(move |conn| reader::grants(conn, &account_id, include_spent, &page, now, &config)).await
+        self.read(move |conn| snapshot(conn, || reader::grants(conn, &account_id, include_spent, &page, now, &config)))
+            .await
     }
 
     async fn plans(&self) -> Result<PlanBook, StoreError> {
@@ -348,6 +437,18 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
         filter: LedgerFilter,
         page: Page,
     ) -> Result<Paged<LedgerEntry>, StoreError> {
+        // Entries that time alone makes (an expiry, a hold's release, a
+        // period's pools) exist only once the writer writes them: an
+        // account behind the clock is brought up to it first, so that the
+        // ledger agrees with the balance read at the same instant (§3).
+        let now = self.inner.clock.now();
+        let config = self.inner.config.clone();
+        let id = account_id.to_string();
+        let behind =
+            self.read(move |conn| snapshot(conn, || reader::behind_the_clock(conn, &id, now, &config))).await?;
+        if behind {
+            self.execute(Command::Sweep { account_id: account_id.to_string() }, None).await?;
+        }
         let account_id = account_id.to_string();
         self.read(move |conn| reader::ledger(conn, &account_id, &filter, &page)).await
     }
@@ -369,7 +470,7 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
         group_by: GroupBy,
     ) -> Result<UsageSummary, StoreError> {
         let account_id = account_id.to_string();
-        self.read(move |conn| usage::summary(conn, &account_id, &filter, &group_by)).await
+        self.read(move |conn| snapshot(conn, || usage::summary(conn, &account_id, &filter, &group_by))).await
     }
 
     async fn usage_count(&self, account_id: Option<&str>, filter: UsageFilter) -> Result<u64, StoreError> {
@@ -439,6 +540,7 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
     }
 
     async fn audit(&self) -> Result<AuditReport, StoreError> {
-        self.read(|conn| reader::audit(conn)).await
+        let now = self.inner.clock.now();
+        self.read(move |conn| reader::audit(conn, now)).await
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use creditd_core::account::UsageRecord;
 use creditd_core::calendar;
 use creditd_core::pricing::{RequestStatus, Usage};
-use creditd_core::units::{Credits, Usd};
+use creditd_core::units::{Credits, CreditsTotal, Usd, UsdTotal};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tokio::sync::oneshot;
@@ -427,28 +427,60 @@ fn add(into: &mut UsageTotals, row: UsageTotals) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn count_column(row: &dyn Row, i: usize) -> Result<u64, StoreError> {
-    Ok(codec::to_u64(row.get::<Option<i64>>(i)?.unwrap_or(0))?)
+/// The summed columns, in the order of [`UsageTotals`]: the four token
+/// classes, credits net of refunds, the refunded records' credits, cost.
+const SUMMED: [&str; 7] = [
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "CASE WHEN refunded = 0 THEN credits ELSE 0 END",
+    "CASE WHEN refunded <> 0 THEN credits ELSE 0 END",
+    "cost_usd",
+];
+
+/// `SUM(x)` of 64-bit values overflows 64 bits (SQLite fails the query;
+/// PostgreSQL sums in `NUMERIC`, and the cast back to `BIGINT` fails), so
+/// each column is summed in two halves that cannot: `x / 2^32` and
+/// `x % 2^32` (each at most 2^31 and 2^32 in size), joined again exactly in
+/// `i128` ([`sum`]). Both databases truncate the division toward zero and
+/// give the remainder the dividend's sign, so `hi * 2^32 + lo = x` for every
+/// value, and the halves' sums stay within 64 bits below 2^31 rows.
+fn sums() -> String {
+    let mut out = String::from("COUNT(*)");
+    for column in SUMMED {
+        out.push_str(&format!(
+            ", CAST(SUM(({column}) / 4294967296) AS BIGINT), CAST(SUM(({column}) % 4294967296) AS BIGINT)"
+        ));
+    }
+    out
 }
 
-/// Totals from columns `first…first+6`: requests, the four token classes,
-/// credits, cost.
+/// The sum whose halves are columns `i` and `i + 1` (see [`sums`]).
+fn sum(row: &dyn Row, i: usize) -> Result<i128, StoreError> {
+    let hi = i128::from(row.get::<Option<i64>>(i)?.unwrap_or(0));
+    let lo = i128::from(row.get::<Option<i64>>(i + 1)?.unwrap_or(0));
+    Ok(hi * (1 << 32) + lo)
+}
+
+fn token_count(sum: i128) -> Result<u64, StoreError> {
+    u64::try_from(sum).map_err(|_| StoreError::Internal(format!("a usage count is out of range: {sum}")))
+}
+
+/// Totals from the columns of [`sums`] from `first` on.
 fn totals(row: &dyn Row, first: usize) -> Result<UsageTotals, StoreError> {
+    let column = |n: usize| sum(row, first + 1 + 2 * n);
     Ok(UsageTotals {
-        requests: count_column(row, first)?,
-        input_tokens: count_column(row, first + 1)?,
-        cache_read_tokens: count_column(row, first + 2)?,
-        cache_write_tokens: count_column(row, first + 3)?,
-        output_tokens: count_column(row, first + 4)?,
-        credits: Credits::from_units(row.get::<Option<i64>>(first + 5)?.unwrap_or(0)),
-        cost_usd: Usd::from_units(row.get::<Option<i64>>(first + 6)?.unwrap_or(0)),
+        requests: codec::to_u64(row.get::<i64>(first)?)?,
+        input_tokens: token_count(column(0)?)?,
+        cache_read_tokens: token_count(column(1)?)?,
+        cache_write_tokens: token_count(column(2)?)?,
+        output_tokens: token_count(column(3)?)?,
+        credits: CreditsTotal::from_units(column(4)?),
+        refunded_credits: CreditsTotal::from_units(column(5)?),
+        cost_usd: UsdTotal::from_units(column(6)?),
     })
 }
-
-/// Sums are cast back to `BIGINT` (PostgreSQL sums `BIGINT`s as `NUMERIC`).
-const SUMS: &str = "COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), \
-     CAST(SUM(cache_write_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(credits) AS BIGINT), \
-     CAST(SUM(cost_usd) AS BIGINT)";
 
 /// The account's usage grouped by `group_by`. Columns are grouped by
 /// the database; days are summed here, row by row in time order, because a
@@ -469,8 +501,9 @@ pub fn summary(
         GroupBy::Status => "status",
     };
     let sql = format!(
-        "SELECT {column}, {SUMS} FROM usage_records WHERE {} GROUP BY {column} \
+        "SELECT {column}, {} FROM usage_records WHERE {} GROUP BY {column} \
          ORDER BY {column} IS NULL, {column} LIMIT ?9",
+        sums(),
         filter_sql(true, filter)
     );
     let cap = i64::try_from(SUMMARY_ROWS_MAX).unwrap_or(i64::MAX) + 1;
@@ -487,7 +520,7 @@ pub fn summary(
         Ok(())
     })?;
     if summary.truncated {
-        let sql = format!("SELECT {SUMS} FROM usage_records WHERE {}", filter_sql(true, filter));
+        let sql = format!("SELECT {} FROM usage_records WHERE {}", sums(), filter_sql(true, filter));
         if let Some(total) =
             conn.query_opt(&sql, &filter_params(Some(account_id), filter, &[]), |row| totals(row, 0))?
         {
@@ -520,8 +553,8 @@ fn summary_by_day(
     tz: &TimeZone,
 ) -> Result<UsageSummary, StoreError> {
     let sql = format!(
-        "SELECT recorded_at, CAST(1 AS BIGINT), input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, credits, cost_usd \
-         FROM usage_records WHERE {} ORDER BY recorded_at",
+        "SELECT recorded_at, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, credits, refunded, \
+         cost_usd FROM usage_records WHERE {} ORDER BY recorded_at",
         filter_sql(true, filter)
     );
     let mut summary = UsageSummary::default();
@@ -535,7 +568,19 @@ fn summary_by_day(
     };
     conn.query_each(&sql, &filter_params(Some(account_id), filter, &[]), &mut |row| {
         let at: i64 = row.get(0)?;
-        let one = totals(row, 1)?;
+        let credits = CreditsTotal::from_units(row.get::<i64>(5)?.into());
+        let (credits, refunded_credits) =
+            if row.get::<bool>(6)? { (CreditsTotal::ZERO, credits) } else { (credits, CreditsTotal::ZERO) };
+        let one = UsageTotals {
+            requests: 1,
+            input_tokens: codec::to_u64(row.get(1)?)?,
+            cache_read_tokens: codec::to_u64(row.get(2)?)?,
+            cache_write_tokens: codec::to_u64(row.get(3)?)?,
+            output_tokens: codec::to_u64(row.get(4)?)?,
+            credits,
+            refunded_credits,
+            cost_usd: UsdTotal::from_units(row.get::<i64>(7)?.into()),
+        };
         add(&mut summary.total, one)?;
         let same_day = current.as_ref().is_some_and(|(day, _)| day.start <= at && at < day.end);
         if !same_day {

@@ -298,9 +298,27 @@ impl<C: WriterDb> Writer<C> {
 
     /// Finds accounts with expiries due that nobody has touched.
     fn scan_due(&mut self) {
+        let found = match self.find_due() {
+            // A connection that died while the writer was idle is noticed
+            // here first: connect again and look once more, rather than
+            // leaving expired holds open until the next batch.
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "the sweeper lost its connection; connecting again");
+                self.find_due()
+            }
+            other => other,
+        };
+        match found {
+            Ok(ids) => self.sweep_queue.extend(ids),
+            Err(e) => tracing::warn!(error = %e, "the sweeper could not look for due expiries"),
+        }
+    }
+
+    fn find_due(&self) -> Result<Vec<String>, StoreError> {
+        self.conn.recover()?;
         let now = codec::micros(self.now());
         let live = self.conn.live_grant();
-        let found = self.conn.query_vec(
+        self.conn.query_vec(
             &format!(
                 "SELECT account_id FROM holds WHERE status = 'open' AND expires_at <= ?1
                  UNION
@@ -313,11 +331,7 @@ impl<C: WriterDb> Writer<C> {
             ),
             params![now, SWEEP_SCAN_MAX],
             |row| row.get::<String>(0),
-        );
-        match found {
-            Ok(ids) => self.sweep_queue.extend(ids),
-            Err(e) => tracing::warn!(error = %e, "the sweeper could not look for due expiries"),
-        }
+        )
     }
 
     fn sweep_some(&mut self) {

@@ -83,6 +83,10 @@ impl Db for Connection {
         self.prepare_cached(sql)?.execute([])?;
         Ok(())
     }
+
+    fn reusable(&self) -> bool {
+        self.is_autocommit()
+    }
 }
 
 impl WriterDb for Connection {

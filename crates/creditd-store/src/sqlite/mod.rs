@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::sql::store::{SqlReader, SqlStore};
+use crate::sql::store::{ReadPool, SqlReader, SqlStore};
 use crate::{Clock, EngineConfig, StoreError, WriterLimits};
 
 /// Read-only connections: reads are short point and range queries.
@@ -84,8 +84,11 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn open_readers(path: &Path, n: usize) -> Result<Vec<Connection>, StoreError> {
-    (0..n).map(|_| open_reader(path)).collect()
+/// `n` read connections, and how to open more as they fail.
+fn open_readers(path: &Path, n: usize) -> Result<ReadPool<Connection>, StoreError> {
+    let conns = (0..n).map(|_| open_reader(path)).collect::<Result<_, _>>()?;
+    let path = path.to_path_buf();
+    Ok(ReadPool::new(conns, Box::new(move || open_reader(&path))))
 }
 
 impl SqliteStore {

@@ -24,6 +24,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 
 pub mod money;
+pub mod reads;
 
 pub const START: &str = "2026-01-01T00:00:00Z";
 
@@ -90,7 +91,7 @@ pub async fn grant(store: &dyn Store, account: &str, new: NewGrant) -> Grant {
     }
 }
 
-fn authorize(account: &str, request_id: &str, fingerprint: &str, input: u64, max_output: Option<u64>) -> Command {
+pub fn authorize(account: &str, request_id: &str, fingerprint: &str, input: u64, max_output: Option<u64>) -> Command {
     Command::Authorize {
         account_id: account.into(),
         request: AuthorizeRequest {
