@@ -111,6 +111,14 @@ impl<const SCALE: u32> Total<SCALE> {
     pub fn checked_add(self, other: Self) -> Option<Self> {
         self.0.checked_add(other.0).map(Total)
     }
+
+    pub fn checked_sub(self, other: Self) -> Option<Self> {
+        self.0.checked_sub(other.0).map(Total)
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
 }
 
 impl<const SCALE: u32> fmt::Display for Total<SCALE> {

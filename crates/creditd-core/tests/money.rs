@@ -267,3 +267,28 @@ fn authorize_replay_returns_a_different_body_after_the_held_grant_expired() {
     assert_eq!(stored.held_from, first.held_from);
     assert_eq!(first.held_from.iter().map(|p| p.amount).sum::<Credits>(), cr(10));
 }
+
+/// Issue #19 item 6: the audit flags a hold still stored open more than a
+/// minute past its expiry (a sweeper that stopped), and not before.
+#[test]
+fn the_audit_flags_a_hold_open_a_minute_past_its_expiry() {
+    let mut a = Acct::new("2027-03-01T00:00:00Z", Billing::default(), vec![]);
+    let pool = NewGrant {
+        kind: GrantKind::Promo,
+        source: "t".into(),
+        reason: None,
+        amount: cr(100),
+        priority: None,
+        starts_at: None,
+        expires_at: None,
+        reference: Reference::None,
+    };
+    a.op(|tx| engine::grant(tx, pool)).unwrap();
+    let hold = a.authorize(10).unwrap().hold;
+    let at = |secs| hold.expires_at + SignedDuration::from_secs(secs);
+    let check = |secs| creditd_core::invariants::check_open_holds("a", std::slice::from_ref(&hold), at(secs));
+    assert_eq!(check(-10), vec![]);
+    assert_eq!(check(60), vec![]);
+    let breaches = check(61);
+    assert_eq!(breaches.iter().map(|b| b.invariant).collect::<Vec<_>>(), vec![12], "{breaches:?}");
+}

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use axum::http::StatusCode;
-use creditd_core::units::Credits;
+use creditd_core::units::CreditsTotal;
 use creditd_store::{GroupBy, Page, UsageFilter, UsageSummary};
 use jiff::ToSpan;
 use jiff::civil::Date;
@@ -109,7 +109,7 @@ fn last_days(state: &AppState) -> Result<(Vec<String>, UsageFilter), PageError> 
     Ok((days, UsageFilter { from: Some(start_ts), to: Some(end_ts), ..UsageFilter::default() }))
 }
 
-fn by_key(summary: &UsageSummary) -> BTreeMap<String, Credits> {
+fn by_key(summary: &UsageSummary) -> BTreeMap<String, CreditsTotal> {
     summary.rows.iter().filter_map(|r| r.key.clone().map(|k| (k, r.totals.credits))).collect()
 }
 
@@ -130,20 +130,20 @@ async fn chart_data(state: &AppState, account: &str) -> Result<serde_json::Value
         let per_day = by_key(&state.store.usage_summary(account, filter, GroupBy::Day(tz.clone())).await?);
         for (day, credits) in &per_day {
             if let Some(r) = rest.get_mut(day) {
-                *r = r.checked_sub(*credits).unwrap_or(Credits::ZERO);
+                *r = r.checked_sub(*credits).unwrap_or(CreditsTotal::ZERO);
             }
         }
         let values: Vec<String> =
-            days.iter().map(|d| per_day.get(d).copied().unwrap_or(Credits::ZERO).to_string()).collect();
+            days.iter().map(|d| per_day.get(d).copied().unwrap_or(CreditsTotal::ZERO).to_string()).collect();
         series.push(json!({"name": model, "credits": values}));
     }
     if rest.values().any(|c| !c.is_zero()) {
         let values: Vec<String> =
-            days.iter().map(|d| rest.get(d).copied().unwrap_or(Credits::ZERO).to_string()).collect();
+            days.iter().map(|d| rest.get(d).copied().unwrap_or(CreditsTotal::ZERO).to_string()).collect();
         series.push(json!({"name": "other", "credits": values}));
     }
     let totals: Vec<String> =
-        days.iter().map(|d| all_days.get(d).copied().unwrap_or(Credits::ZERO).to_string()).collect();
+        days.iter().map(|d| all_days.get(d).copied().unwrap_or(CreditsTotal::ZERO).to_string()).collect();
     Ok(json!({"days": days, "series": series, "totals": totals, "unit": "credits"}))
 }
 

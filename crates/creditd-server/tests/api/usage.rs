@@ -590,3 +590,26 @@ async fn exports_stream_many_rows_in_recorded_at_order() {
     let r = api.get("/v1/usage/export?format=jsonl&from=2026-03-01T00:00:07Z&to=2026-03-01T00:00:14Z").await;
     assert_eq!(std::str::from_utf8(&r.raw).unwrap().lines().count(), 230);
 }
+
+/// Issue #12 item 12: the summary's `credits` are net of refunds, with the
+/// refunded records' credits as `refunded_credits`; `cost_usd` stays gross.
+#[tokio::test]
+async fn the_summary_counts_credits_net_of_refunds() {
+    let api = Api::new().await;
+    api.sonnet().await;
+    api.account("u_r").await;
+    api.grant("u_r", "1000").await;
+    let kept = record(&api, "u_r", "kept", json!({})).await;
+    let refunded = record(&api, "u_r", "refunded", json!({})).await;
+    api.post("/v1/accounts/u_r/usage/refunded/refund", json!({"reason": "disputed"})).await.expect(200);
+    for group_by in ["model", "day"] {
+        let s = api.get(&format!("/v1/accounts/u_r/usage/summary?group_by={group_by}")).await.expect(200).clone();
+        for totals in [&s["total"], &s["rows"][0]] {
+            assert_eq!(totals["requests"], 2, "{group_by}: {totals}");
+            assert_eq!(totals["credits"], kept["credits"], "{group_by}: {totals}");
+            assert_eq!(totals["refunded_credits"], refunded["credits"], "{group_by}: {totals}");
+            let cost = units(kept["cost_usd"].as_str().unwrap(), 9) + units(refunded["cost_usd"].as_str().unwrap(), 9);
+            assert_eq!(totals["cost_usd"], decimal(cost, 9), "{group_by}: {totals}");
+        }
+    }
+}
