@@ -323,8 +323,8 @@ fn serve_meters_a_request_then_stops_cleanly_and_the_audit_passes() {
     let report = text(&out.stdout);
     assert!(out.status.success(), "audit failed: {report}{}", text(&out.stderr));
     assert!(report.contains("1 account, 2 ledger entries, 1 usage record\n"), "{report}");
-    assert!(report.contains("checked 11 invariants"), "{report}");
-    assert_eq!(report.matches("  ok  ").count(), 11, "{report}");
+    assert!(report.contains("checked 12 invariants"), "{report}");
+    assert_eq!(report.matches("  ok  ").count(), 12, "{report}");
     assert!(report.contains("no breaches"), "{report}");
 
     // A tampered wallet is a breach: exit code 1, and the report says which.
