@@ -1114,7 +1114,19 @@ impl WriterDb for PgConn {
     }
 
     fn transaction_lost(&self) -> bool {
-        self.failed.get() || self.client.borrow().is_closed()
+        if self.client.borrow().is_closed() {
+            // The connection ended under the batch with no statement failed
+            // yet (the last ones are deferred, or their answers came before
+            // the end): nothing of the batch is committed, and it is a lost
+            // connection like any other, which running again on a new one
+            // may get past (before, a 500 in the chaos suite).
+            if self.failure.get() == Failure::None {
+                self.failure.set(Failure::Connection);
+            }
+            self.reconnect.set(true);
+            return true;
+        }
+        self.failed.get()
     }
 
     fn retry_may_succeed(&self) -> bool {

@@ -492,6 +492,11 @@ impl<C: WriterDb> Writer<C> {
             if self.conn.transaction_lost() {
                 let why = match &result {
                     Err(e) => e.clone(),
+                    // A connection lost under the batch is `Unavailable` (a
+                    // 503 if it stays lost), a disk error is not.
+                    Ok(_) if self.conn.retry_may_succeed() => {
+                        StoreError::Unavailable("the connection was lost during the transaction".into())
+                    }
                     Ok(_) => StoreError::Internal("the transaction was rolled back by the database".into()),
                 };
                 broken = Some(why);
