@@ -206,6 +206,8 @@ pub fn apply<T>(
         changes.put_subscription(live.clone());
     }
     changes.account |= tx.state.windows != state.windows || tx.state.gifts != state.gifts;
+    let derived = crate::events::derive(state, &changes, now, tx.new_id);
+    changes.events.extend(derived);
     tx.state.prune();
     *state = tx.state;
     Ok((out, changes))

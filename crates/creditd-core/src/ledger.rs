@@ -3,6 +3,7 @@
 use jiff::Timestamp;
 
 use crate::account::{Grant, Hold, UsageRecord};
+use crate::events::Event;
 use crate::subscription::Subscription;
 use crate::units::Credits;
 
@@ -99,6 +100,8 @@ pub struct Changes {
     pub subscriptions: Vec<Subscription>,
     /// Request ids whose usage record is now refunded.
     pub refunded: Vec<String>,
+    /// What to tell the operator's systems (the outbox, `events`).
+    pub events: Vec<Event>,
 }
 
 impl Changes {
@@ -131,5 +134,6 @@ impl Changes {
             && !self.account
             && self.subscriptions.is_empty()
             && self.refunded.is_empty()
+            && self.events.is_empty()
     }
 }

@@ -9,6 +9,7 @@ pub mod calendar;
 pub mod campaign;
 pub mod config_apply;
 pub mod engine;
+pub mod events;
 pub mod invariants;
 pub mod ledger;
 pub mod limits;

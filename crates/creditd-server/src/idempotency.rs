@@ -44,6 +44,10 @@ pub fn reply_name(reply: &Reply) -> &'static str {
         Reply::Replayed(_) => "Replayed",
         Reply::Imported(_) => "Imported",
         Reply::ConfigApplied(_) => "ConfigApplied",
+        Reply::Endpoint(_) => "Endpoint",
+        Reply::Endpoints(_) => "Endpoints",
+        Reply::Claimed(_) => "Claimed",
+        Reply::Delivery(_) => "Delivery",
     }
 }
 

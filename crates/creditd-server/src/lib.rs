@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod delivery;
 pub mod dto;
 pub mod error;
 pub mod export;

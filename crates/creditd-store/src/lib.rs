@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod clock;
+pub mod outbox;
 pub mod payments;
 pub mod postgres;
 pub mod sql;
@@ -31,6 +32,7 @@ use jiff::tz::TimeZone;
 
 pub use batch::{PortionRef, UsageBatch, UsageFields, UsageRow};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use outbox::{AttemptResult, Delivery, DeliveryFilter, DeliveryStatus, DueDelivery, Endpoint, EndpointUpdate};
 pub use payments::{
     Payment, PaymentKind, WebhookAction, WebhookEvent, WebhookEventFilter, WebhookEventIn, WebhookStatus,
 };
@@ -333,6 +335,38 @@ pub enum Command {
     ApplyConfig {
         apply: ConfigApply,
     },
+    // Outgoing webhooks (`outbox`, `sql/writer/outbox.rs`).
+    CreateEndpoint {
+        endpoint: Endpoint,
+    },
+    /// Changes an endpoint made over the API (`conflict` for one of the configuration).
+    UpdateEndpoint {
+        id: String,
+        update: EndpointUpdate,
+    },
+    /// Makes the stored endpoints of the configuration these (their secrets
+    /// are not stored): new ones created, changed ones updated, those no
+    /// longer configured disabled.
+    SyncConfigEndpoints {
+        endpoints: Vec<Endpoint>,
+    },
+    /// Takes up to `limit` due deliveries of enabled endpoints, each made
+    /// due again only after `lease_seconds` (a worker that dies while
+    /// sending loses nothing: the delivery comes back).
+    ClaimDeliveries {
+        limit: u32,
+        lease_seconds: u32,
+    },
+    /// Records one attempt of a delivery: delivered, or due again after the
+    /// back-off (failed for good after three days).
+    RecordAttempt {
+        id: String,
+        result: AttemptResult,
+    },
+    /// Makes a delivery due now, whatever its status.
+    RetryDelivery {
+        id: String,
+    },
 }
 
 impl Command {
@@ -370,7 +404,13 @@ impl Command {
             | Command::RevokeSessions { .. }
             | Command::RevokeAccountToken { .. }
             | Command::ImportModels { .. }
-            | Command::ApplyConfig { .. } => None,
+            | Command::ApplyConfig { .. }
+            | Command::CreateEndpoint { .. }
+            | Command::UpdateEndpoint { .. }
+            | Command::SyncConfigEndpoints { .. }
+            | Command::ClaimDeliveries { .. }
+            | Command::RecordAttempt { .. }
+            | Command::RetryDelivery { .. } => None,
         }
     }
 }
@@ -426,6 +466,11 @@ pub enum Reply {
     Replayed(StoredResponse),
     /// What an import did (or, dry or refused, would do) to each model.
     Imported(ImportOutcome),
+    Endpoint(Endpoint),
+    /// The stored endpoints of the configuration, after a sync.
+    Endpoints(Vec<Endpoint>),
+    Claimed(Vec<DueDelivery>),
+    Delivery(Delivery),
     /// What a start did with each configured model and plan.
     ConfigApplied(ConfigOutcome),
 }
@@ -862,6 +907,13 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook_events(&self, filter: WebhookEventFilter, page: Page) -> Result<Paged<WebhookEvent>, StoreError>;
     /// A recorded payment.
     async fn payment(&self, provider: &str, external_id: &str) -> Result<Option<Payment>, StoreError>;
+
+    /// Every endpoint, oldest first.
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
+    async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError>;
+    /// Deliveries newest first.
+    async fn deliveries(&self, filter: DeliveryFilter, page: Page) -> Result<Paged<Delivery>, StoreError>;
+    async fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
 
     /// Checks every invariant of `semantics.md` §10 over the whole database.
     async fn audit(&self) -> Result<AuditReport, StoreError>;

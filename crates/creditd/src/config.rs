@@ -31,7 +31,9 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 mod proxy;
+mod webhooks;
 pub use proxy::{ProxySection, UpstreamSection};
+pub use webhooks::{EndpointSection, WebhooksSection};
 
 /// The commented configuration `creditd init` writes, and the built-in defaults.
 pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
@@ -99,6 +101,8 @@ pub struct Config {
     pub display: DisplaySection,
     /// `[proxy]`: the metering proxy (`docs/proxy.md`).
     pub proxy: ProxySection,
+    /// `[webhooks]`: outgoing webhooks (`docs/webhooks.md`).
+    pub webhooks: WebhooksSection,
 }
 
 #[derive(Clone, Debug)]
@@ -483,6 +487,7 @@ struct RawConfig {
     payments: RawPayments,
     display: RawDisplay,
     proxy: proxy::RawProxy,
+    webhooks: webhooks::RawWebhooks,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -891,7 +896,20 @@ impl Validator<'_> {
         let payments = self.payments(raw.payments, &plans)?;
         let display = self.display(raw.display)?;
         let proxy = self.proxy(raw.proxy)?;
-        Ok(Config { file: None, server, database, billing, campaigns, plans, models, payments, display, proxy })
+        let webhooks = self.webhooks(raw.webhooks)?;
+        Ok(Config {
+            file: None,
+            server,
+            database,
+            billing,
+            campaigns,
+            plans,
+            models,
+            payments,
+            display,
+            proxy,
+            webhooks,
+        })
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerSection, ConfigError> {

@@ -82,6 +82,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         ConfigSide::Api => ConfigWinner::Api,
     });
     apply_config(store.as_ref(), &config, on_conflict).await?;
+    let delivery = sync_endpoints(store.as_ref(), &config, clock.now()).await?;
 
     if let Some(secret) = creditd_server::ensure_admin_key(store.as_ref(), admin_key.as_deref())
         .await
@@ -123,6 +124,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
     };
     let app = App::new(store.clone(), clock, test_clock, server_config);
+    // Events committed before a crash are still pending: the worker sends them.
+    let worker = creditd_server::delivery::spawn(store.clone(), delivery);
     let mut router = app.router();
     if let Some(proxy) = proxy(&config, &app)? {
         router = router.merge(proxy.router());
@@ -175,6 +178,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     signals.abort();
+    // An attempt cut short here is sent again after its lease (at least once).
+    worker.abort();
 
     // Every acknowledged write is already committed (acknowledged means
     // durable). Drop the API first, then the last handle on the store: its
@@ -360,6 +365,40 @@ fn fields(value: Option<&serde_json::Value>) -> BTreeMap<String, String> {
         out.remove(derived);
     }
     out
+}
+
+/// `[webhooks.endpoints]` into the store (without their secrets, which the
+/// delivery worker keeps in memory), and the worker's settings.
+async fn sync_endpoints(
+    store: &dyn Store,
+    config: &Config,
+    now: Timestamp,
+) -> Result<creditd_server::delivery::DeliveryConfig, Failure> {
+    let section = &config.webhooks;
+    let endpoints = section
+        .endpoints
+        .iter()
+        .map(|(id, e)| creditd_store::Endpoint {
+            id: id.clone(),
+            url: e.url.clone(),
+            secret: None,
+            events: e.events.clone(),
+            enabled: e.enabled,
+            from_config: true,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    store
+        .execute(creditd_store::Command::SyncConfigEndpoints { endpoints }, None)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot store the webhook endpoints of the configuration: {e}")))?;
+    Ok(creditd_server::delivery::DeliveryConfig {
+        poll: Duration::from_millis(section.poll_interval_ms),
+        timeout: Duration::from_secs(section.timeout_seconds),
+        secrets: section.endpoints.iter().map(|(id, e)| (id.clone(), e.secret.expose().to_string())).collect(),
+        ..Default::default()
+    })
 }
 
 /// `[payments.*]` for the API: a provider's webhooks are served once its

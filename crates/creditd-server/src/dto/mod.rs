@@ -6,6 +6,7 @@
 
 mod account;
 mod common;
+mod endpoint;
 mod grant;
 mod import;
 mod metering;
@@ -17,6 +18,7 @@ mod webhook;
 
 pub use account::*;
 pub use common::*;
+pub use endpoint::*;
 pub use grant::*;
 pub use import::*;
 pub use metering::*;

@@ -2,6 +2,7 @@
 //! of what the router serves; the OpenAPI test checks it against `openapi.json`.
 
 mod accounts;
+mod endpoints;
 mod grants;
 mod keys;
 mod ledger;
@@ -90,6 +91,13 @@ pub fn table() -> Vec<RouteDef> {
         route("POST", "/v1/usage", post(metering::usage)),
         route("GET", "/v1/webhook-events", get(webhooks::list)),
         route("POST", "/webhooks/creem", post(webhooks::creem)),
+        route("POST", "/v1/webhook-endpoints", post(endpoints::create)),
+        route("GET", "/v1/webhook-endpoints", get(endpoints::list)),
+        route("GET", "/v1/webhook-endpoints/{id}", get(endpoints::get)),
+        route("PATCH", "/v1/webhook-endpoints/{id}", patch(endpoints::update)),
+        route("GET", "/v1/webhook-deliveries", get(endpoints::deliveries)),
+        route("GET", "/v1/webhook-deliveries/{id}", get(endpoints::delivery)),
+        route("POST", "/v1/webhook-deliveries/{id}/retry", post(endpoints::retry)),
         route("POST", "/webhooks/nowpayments", post(webhooks::nowpayments)),
         route("POST", "/v1/accounts/{id}/proxy-keys", post(proxy_keys::create)),
         route("GET", "/v1/accounts/{id}/proxy-keys", get(proxy_keys::list)),

@@ -16,6 +16,7 @@ mod ledger;
 mod metering;
 mod models;
 mod ops;
+mod outgoing;
 mod standin;
 mod subscriptions;
 mod usage;

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, V5_DASHBOARD_SESSIONS),
     (6, V6_MODEL_IMPORTS),
     (7, V7_CONFIG_APPLIED),
+    (8, V8_OUTGOING_WEBHOOKS),
 ];
 
 const V1: &str = r#"
@@ -382,6 +383,47 @@ CREATE TABLE config_applied (
     applied_at BIGINT NOT NULL,
     PRIMARY KEY (kind, id)
 );
+"#;
+
+/// Outgoing webhooks (`docs/webhooks.md`): as SQLite's V10.
+const V8_OUTGOING_WEBHOOKS: &str = r#"
+CREATE TABLE webhook_endpoints (
+    id          TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    url         TEXT COLLATE "C" NOT NULL,
+    secret      TEXT COLLATE "C",
+    events      TEXT COLLATE "C" NOT NULL,
+    enabled     BIGINT NOT NULL,
+    from_config BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+
+CREATE TABLE outbox_events (
+    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          TEXT COLLATE "C" NOT NULL UNIQUE,
+    type        TEXT COLLATE "C" NOT NULL,
+    account_id  TEXT COLLATE "C" NOT NULL,
+    occurred_at BIGINT NOT NULL,
+    data        TEXT COLLATE "C" NOT NULL
+);
+
+CREATE TABLE webhook_deliveries (
+    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              TEXT COLLATE "C" NOT NULL UNIQUE,
+    event_id        TEXT COLLATE "C" NOT NULL,
+    endpoint_id     TEXT COLLATE "C" NOT NULL,
+    status          TEXT COLLATE "C" NOT NULL,
+    attempts        BIGINT NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    give_up_at      BIGINT NOT NULL,
+    last_attempt_at BIGINT,
+    last_status     BIGINT,
+    last_error      TEXT COLLATE "C",
+    created_at      BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    UNIQUE (event_id, endpoint_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE status = 'pending';
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

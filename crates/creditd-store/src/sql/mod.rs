@@ -14,6 +14,7 @@
 //! cast back to `BIGINT`.
 
 pub mod codec;
+pub mod outbox;
 pub mod payments;
 pub mod reader;
 pub mod rows;

@@ -679,5 +679,5 @@ pub fn write_changes(conn: &dyn Db, state: &AccountState, changes: &Changes) -> 
     if let Some(u) = &changes.usage {
         insert_usage(conn, u)?;
     }
-    Ok(())
+    super::outbox::write_events(conn, &changes.events)
 }

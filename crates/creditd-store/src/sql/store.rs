@@ -19,7 +19,7 @@ use creditd_core::subscription::Subscription;
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Job, Stats, Writer};
-use super::{Db, DbExt, WriterDb, payments, reader, rows, snapshot, usage};
+use super::{Db, DbExt, WriterDb, outbox, payments, reader, rows, snapshot, usage};
 use crate::{
     AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportEncoder, ExportSink, GroupBy,
     Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, StoreHealth, StoredAccount,
@@ -537,6 +537,28 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
     async fn payment(&self, provider: &str, external_id: &str) -> Result<Option<crate::Payment>, StoreError> {
         let (provider, external_id) = (provider.to_string(), external_id.to_string());
         self.read(move |conn| payments::payment_by_id(conn, &provider, &external_id)).await
+    }
+
+    async fn endpoints(&self) -> Result<Vec<crate::Endpoint>, StoreError> {
+        self.read(|conn| outbox::endpoints(conn)).await
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Option<crate::Endpoint>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| outbox::endpoint_by_id(conn, &id)).await
+    }
+
+    async fn deliveries(
+        &self,
+        filter: crate::DeliveryFilter,
+        page: Page,
+    ) -> Result<Paged<crate::Delivery>, StoreError> {
+        self.read(move |conn| outbox::deliveries(conn, &filter, &page)).await
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Option<crate::Delivery>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| outbox::delivery_by_id(conn, &id)).await
     }
 
     async fn audit(&self) -> Result<AuditReport, StoreError> {

@@ -25,7 +25,7 @@ use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, truncate};
-use super::{Db, DbExt, WriterDb, params, rows};
+use super::{Db, DbExt, WriterDb, outbox, params, rows};
 
 mod config;
 mod imports;
@@ -1031,6 +1031,28 @@ impl<C: WriterDb> Writer<C> {
             Command::Ping => Ok((Reply::Swept, Pending::Nothing)),
             Command::ImportModels { import } => self.import_models(import),
             Command::ApplyConfig { apply } => self.apply_config(apply),
+            Command::CreateEndpoint { endpoint } => {
+                let endpoint = outbox::create_endpoint(&self.conn, endpoint, self.now())?;
+                Ok((Reply::Endpoint(endpoint), Pending::Nothing))
+            }
+            Command::UpdateEndpoint { id, update } => {
+                let endpoint = outbox::update_endpoint(&self.conn, &id, update, self.now())?;
+                Ok((Reply::Endpoint(endpoint), Pending::Nothing))
+            }
+            Command::SyncConfigEndpoints { endpoints } => {
+                let endpoints = outbox::sync_config_endpoints(&self.conn, endpoints, self.now())?;
+                Ok((Reply::Endpoints(endpoints), Pending::Nothing))
+            }
+            Command::ClaimDeliveries { limit, lease_seconds } => {
+                let claimed = outbox::claim(&self.conn, self.now(), limit, lease_seconds)?;
+                Ok((Reply::Claimed(claimed), Pending::Nothing))
+            }
+            Command::RecordAttempt { id, result } => {
+                Ok((Reply::Delivery(outbox::record_attempt(&self.conn, &id, &result, self.now())?), Pending::Nothing))
+            }
+            Command::RetryDelivery { id } => {
+                Ok((Reply::Delivery(outbox::retry(&self.conn, &id, self.now())?), Pending::Nothing))
+            }
         }
     }
 }

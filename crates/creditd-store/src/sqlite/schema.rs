@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, V7_DASHBOARD_SESSIONS),
     (8, V8_MODEL_IMPORTS),
     (9, V9_CONFIG_APPLIED),
+    (10, V10_OUTGOING_WEBHOOKS),
 ];
 
 const V1: &str = r#"
@@ -365,6 +366,53 @@ CREATE TABLE config_applied (
     applied_at INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
+"#;
+
+/// Outgoing webhooks (`docs/webhooks.md`): the operator's endpoints, the
+/// outbox of events (written in the transaction of what caused them), and
+/// one delivery per event and endpoint that was subscribed when the event
+/// was written. `secret` is NULL for an endpoint of the configuration: its
+/// secret comes from the environment and is never stored. `events` is
+/// `*` (every kind) or the kinds between commas (`,credits.low,`).
+const V10_OUTGOING_WEBHOOKS: &str = r#"
+CREATE TABLE webhook_endpoints (
+    id          TEXT PRIMARY KEY NOT NULL,
+    url         TEXT NOT NULL,
+    secret      TEXT,
+    events      TEXT NOT NULL,
+    enabled     INTEGER NOT NULL,
+    from_config INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+
+CREATE TABLE outbox_events (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    type        TEXT NOT NULL,
+    account_id  TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    data        TEXT NOT NULL
+);
+
+CREATE TABLE webhook_deliveries (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    event_id        TEXT NOT NULL,
+    endpoint_id     TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    give_up_at      INTEGER NOT NULL,
+    last_attempt_at INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    UNIQUE (event_id, endpoint_id)
+);
+-- The delivery worker's question: what is due now?
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE status = 'pending';
 "#;
 
 /// The newest schema version this build knows.

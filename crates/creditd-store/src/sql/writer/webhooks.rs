@@ -14,10 +14,12 @@ use creditd_core::engine::{
     self, Paid, PaymentRefund, RefundShare, Refusal, StartInput, SubscriptionChange, paid_period_pools,
     period_pool_ids, refund_credits,
 };
+use creditd_core::events::{Event, EventKind};
 use creditd_core::subscription::{Subscription, SubscriptionKind};
 use creditd_core::units::{Credits, Usd};
 
 use super::{Pending, Writer, new_id, run_op};
+use crate::sql::outbox;
 use crate::sql::payments::{self as rows, RefundRow};
 use crate::sql::rows as core_rows;
 use crate::sql::{DbExt, WriterDb, params};
@@ -86,6 +88,17 @@ impl<C: WriterDb> Writer<C> {
         account_id: &str,
         added: Added,
     ) -> Result<(), StoreError> {
+        let event = Event::new(new_id(), EventKind::PaymentApplied, account_id, self.now())
+            .with("payment_id", external_id)
+            .with("provider", provider)
+            .with("kind", added.kind.as_str())
+            .with("amount_usd", added.amount_usd)
+            .with("credits", added.credits);
+        let event = match &added.subscription_id {
+            Some(id) => event.with("subscription_id", id),
+            None => event,
+        };
+        outbox::write_events(&self.conn, &[event])?;
         rows::insert_payment(
             &self.conn,
             &Payment {
@@ -175,6 +188,16 @@ impl<C: WriterDb> Writer<C> {
         Ok(Pending::Account { state, background })
     }
 
+    /// `payment.refunded`, in the savepoint of the refund.
+    fn refunded_event(&self, payment: &Payment, refund_id: &str, credits: Credits) -> Result<(), StoreError> {
+        let event = Event::new(new_id(), EventKind::PaymentRefunded, &payment.account_id, self.now())
+            .with("payment_id", &payment.external_id)
+            .with("provider", &payment.provider)
+            .with("refund_id", refund_id)
+            .with("credits", credits);
+        outbox::write_events(&self.conn, &[event])
+    }
+
     /// Reverses what `payment` added (`semantics.md` §9) and records the refund.
     fn refund(
         &mut self,
@@ -206,6 +229,7 @@ impl<C: WriterDb> Writer<C> {
             let done = engine::RefundedPayment { credits: left, lapsed: left, ..Default::default() };
             let row = RefundRow { provider: &payment.provider, refund_id, payment, done, at: now };
             rows::insert_refund(&self.conn, &row)?;
+            self.refunded_event(payment, refund_id, left)?;
             let summary = format!(
                 "un-paid the period paid in advance by payment {:?} ({} credits never granted)",
                 payment.external_id, left
@@ -257,6 +281,7 @@ impl<C: WriterDb> Writer<C> {
         let (done, state) = run_op(&self.conn, state, now, self.ctx(), |tx| engine::refund_payment(tx, refund))?;
         let row = RefundRow { provider: &payment.provider, refund_id, payment, done, at: now };
         rows::insert_refund(&self.conn, &row)?;
+        self.refunded_event(payment, refund_id, done.credits)?;
         let summary = format!(
             "reversed {} credits of payment {:?}: {} unspent taken back, {} had lapsed, {} from the wallet ({} new debt)",
             done.credits, payment.external_id, done.from_grants, done.lapsed, done.from_wallet, done.debt
