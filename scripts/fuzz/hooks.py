@@ -25,6 +25,12 @@ DB = os.environ["FUZZ_DB"]
 REPORT = os.environ.get("FUZZ_REPORT")
 # Columns that change on calls that are not writes of the caller's.
 VOLATILE = {("api_keys", "last_used_at"), ("keys", "last_used_at")}
+# The outgoing-webhook worker records its attempts in the background
+# (docs/webhooks.md): a delivery's progress is not a write of the caller's.
+VOLATILE |= {
+    ("webhook_deliveries", c)
+    for c in ("status", "attempts", "next_attempt_at", "last_attempt_at", "last_status", "last_error", "delivered_at")
+}
 # Codes that refuse a schema-valid request for a reason the schema cannot state.
 BUSINESS_CODES = {
     "unknown_model", "below_minimum_topup", "not_found", "conflict", "idempotency_conflict",
