@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use creditd_server::delivery::{self, DeliveryConfig};
-use creditd_store::{AttemptResult, Command as StoreCommand, Reply};
+use creditd_store::{AttemptResult, Clock, Command as StoreCommand, Reply};
 use serde_json::{Value, json};
 
 use crate::support::Api;
@@ -338,4 +338,37 @@ async fn endpoints_refuse_bad_input() {
         (replay.expect(201)["secret"].clone(), replay.body["redacted"].clone()),
         (Value::Null, json!(["secret"]))
     );
+}
+
+/// The configuration's endpoints: stored without their secret, not changed
+/// over the API, disabled once no longer configured.
+#[tokio::test]
+async fn endpoints_of_the_configuration_are_synced() {
+    let api = Api::new().await;
+    let now = api.clock.now();
+    let ops = creditd_store::Endpoint {
+        id: "ops".into(),
+        url: "https://ops.example.com/hook".into(),
+        secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        events: vec![],
+        enabled: true,
+        from_config: true,
+        created_at: now,
+        updated_at: now,
+    };
+    let sync = |endpoints: Vec<creditd_store::Endpoint>| StoreCommand::SyncConfigEndpoints { endpoints };
+    api.store.execute(sync(vec![ops.clone()]), None).await.unwrap();
+    let stored = api.store.endpoint("ops").await.unwrap().expect("stored");
+    assert_eq!((stored.secret, stored.from_config, stored.enabled), (None, true, true));
+    let listed = api.get("/v1/webhook-endpoints/ops").await.expect(200).clone();
+    assert_eq!(listed["source"], "config");
+    let admin = api.admin.clone();
+    api.call("PATCH", "/v1/webhook-endpoints/ops", Some(&admin), Some(json!({"enabled": false})))
+        .await
+        .expect_error(409, "conflict");
+    // Synced again unchanged, then no longer configured.
+    api.store.execute(sync(vec![ops]), None).await.unwrap();
+    api.store.execute(sync(vec![]), None).await.unwrap();
+    let gone = api.get("/v1/webhook-endpoints/ops").await.expect(200).clone();
+    assert_eq!(gone["enabled"], false);
 }

@@ -98,3 +98,41 @@ impl Validator<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn endpoints_are_read_and_checked() {
+        let config = Config::from_toml(&format!(
+            "[webhooks.endpoints.ops]\nurl = \"https://ops.example.com/hook\"\nsecret = \"{SECRET}\"\n\
+             events = [\"payment.applied\", \"credits.low\"]\n"
+        ))
+        .expect("valid");
+        let ops = &config.webhooks.endpoints["ops"];
+        assert_eq!(ops.url, "https://ops.example.com/hook");
+        assert_eq!(ops.secret.expose(), SECRET);
+        assert_eq!(ops.events.len(), 2);
+        assert!(ops.enabled);
+        assert!(!format!("{config:?}").contains(SECRET), "a secret in Debug");
+        assert_eq!((config.webhooks.poll_interval_ms, config.webhooks.timeout_seconds), (1000, 10));
+        assert!(Config::builtin().webhooks.endpoints.is_empty());
+
+        let error = |toml: &str| Config::from_toml(toml).expect_err(toml).0;
+        let missing = error("[webhooks.endpoints.ops]\nurl = \"https://x.example\"\n");
+        assert!(missing.contains("CREDITD_WEBHOOKS__ENDPOINTS__OPS__SECRET"), "{missing}");
+        let bad_secret = error("[webhooks.endpoints.ops]\nurl = \"https://x.example\"\nsecret = \"hunter2\"\n");
+        assert!(bad_secret.contains("webhooks.endpoints.ops.secret"), "{bad_secret}");
+        let bad_url = error(&format!("[webhooks.endpoints.ops]\nurl = \"ftp://x\"\nsecret = \"{SECRET}\"\n"));
+        assert!(bad_url.contains("webhooks.endpoints.ops.url"), "{bad_url}");
+        let bad_event = error(&format!(
+            "[webhooks.endpoints.ops]\nurl = \"https://x.example\"\nsecret = \"{SECRET}\"\nevents = [\"nope\"]\n"
+        ));
+        assert!(bad_event.contains("\"nope\" is not an event type"), "{bad_event}");
+        let zero = error("[webhooks]\ntimeout_seconds = 0\n");
+        assert!(zero.contains("webhooks.timeout_seconds"), "{zero}");
+    }
+}
