@@ -25,8 +25,10 @@ use crate::state::AppState;
 const KEY_PREFIX: &str = "ck_";
 const TOKEN_PREFIX: &str = "ct_";
 const PROXY_KEY_PREFIX: &str = "cp_";
-/// A proxy key's `last_used_at` is written at most this often per key and instance.
-const PROXY_KEY_TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// A key's `last_used_at` (API and proxy keys) is written at most this often
+/// per key and instance: a busy key costs one small write a minute, not one
+/// per request.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// How long a verified key is trusted without asking the store again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Keys cached at most; the cache is emptied when full.
@@ -139,7 +141,14 @@ fn secret_id<'a>(secret: &'a str, prefix: &str) -> Option<&'a str> {
 pub(crate) fn new_key(role: Role, name: &str, now: Timestamp) -> (ApiKey, String) {
     let id = new_id();
     let secret = format!("{KEY_PREFIX}{id}_{}", random_hex());
-    let key = ApiKey { id, role, name: name.to_string(), secret_hash: hash_secret(&secret), created_at: now };
+    let key = ApiKey {
+        id,
+        role,
+        name: name.to_string(),
+        secret_hash: hash_secret(&secret),
+        created_at: now,
+        last_used_at: None,
+    };
     (key, secret)
 }
 
@@ -177,7 +186,33 @@ pub(crate) struct KeyCache {
 #[derive(Default)]
 struct KeyCacheInner {
     entries: HashMap<String, (ApiKey, Instant)>,
+    /// When this instance last wrote each key's `last_used_at`.
+    touched: HashMap<String, Instant>,
     generation: u64,
+}
+
+/// Whether a use of key `id` should be written now (the first in
+/// [`TOUCH_EVERY`]), noting it in `touched` if so.
+fn touch_due(touched: &mut HashMap<String, Instant>, id: &str) -> bool {
+    if touched.get(id).is_some_and(|at| at.elapsed() < TOUCH_EVERY) {
+        return false;
+    }
+    if touched.len() >= KEY_CACHE_MAX {
+        touched.clear();
+    }
+    touched.insert(id.to_string(), Instant::now());
+    true
+}
+
+/// Writes a key's use off the request's path: the request never waits for
+/// it, and a failure only loses one `last_used_at` update.
+fn record_use(state: &AppState, command: Command) {
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.execute(command, None).await {
+            tracing::warn!(error = %e, "cannot record a key's use");
+        }
+    });
 }
 
 impl KeyCache {
@@ -244,6 +279,9 @@ impl AppState {
             if !hashes_match(secret, &key.secret_hash) {
                 return Err(bad());
             }
+            if touch_due(&mut self.keys.lock().touched, &key.id) {
+                record_use(self, Command::TouchKey { id: key.id.clone(), at: self.clock.now() });
+            }
             return Ok(match key.role {
                 Role::Admin => Caller::Admin,
                 Role::Gateway => Caller::Gateway,
@@ -306,15 +344,7 @@ impl ProxyKeyCache {
 
     /// Whether this use should be written (the first in a minute).
     fn touch(&self, id: &str) -> bool {
-        let mut inner = self.lock();
-        if inner.touched.get(id).is_some_and(|at| at.elapsed() < PROXY_KEY_TOUCH_EVERY) {
-            return false;
-        }
-        if inner.touched.len() >= KEY_CACHE_MAX {
-            inner.touched.clear();
-        }
-        inner.touched.insert(id.to_string(), Instant::now());
-        true
+        touch_due(&mut self.lock().touched, id)
     }
 }
 
@@ -355,13 +385,7 @@ pub async fn proxy_account(state: &AppState, secret: &str) -> ApiResult<String> 
             return Err(ApiError::unauthorized("the proxy key has been revoked"));
         }
         if cache.touch(&key.id) {
-            let store = state.store.clone();
-            let command = Command::TouchProxyKey { id: key.id.clone(), at: state.clock.now() };
-            tokio::spawn(async move {
-                if let Err(e) = store.execute(command, None).await {
-                    tracing::warn!(error = %e, "cannot record a proxy key's use");
-                }
-            });
+            record_use(state, Command::TouchProxyKey { id: key.id.clone(), at: state.clock.now() });
         }
         return Ok(key.account_id);
     }

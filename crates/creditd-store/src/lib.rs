@@ -132,6 +132,8 @@ pub struct ApiKey {
     pub name: String,
     pub secret_hash: String,
     pub created_at: Timestamp,
+    /// To the minute at best: written at most once a minute per key and instance.
+    pub last_used_at: Option<Timestamp>,
 }
 
 /// A token that reads one account. Only a hash of its secret is stored.
@@ -325,6 +327,11 @@ pub enum Command {
         id: String,
         at: Timestamp,
     },
+    /// Sets an API key's `last_used_at` (never moves it back).
+    TouchKey {
+        id: String,
+        at: Timestamp,
+    },
     /// A price map's models, written in one savepoint (`docs/import.md`).
     ImportModels {
         import: ModelImport,
@@ -400,6 +407,7 @@ impl Command {
             | Command::Ping
             | Command::WebhookEvent { .. }
             | Command::TouchProxyKey { .. }
+            | Command::TouchKey { .. }
             | Command::CreateSession { .. }
             | Command::RevokeSessions { .. }
             | Command::RevokeAccountToken { .. }
@@ -898,6 +906,8 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
     async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
     async fn account_token(&self, id: &str) -> Result<Option<AccountToken>, StoreError>;
+    /// The account's tokens (no secrets are stored), oldest first.
+    async fn account_tokens(&self, account_id: &str) -> Result<Vec<AccountToken>, StoreError>;
     async fn proxy_key(&self, id: &str) -> Result<Option<ProxyKey>, StoreError>;
     /// The account's proxy keys, revoked ones included, oldest first.
     async fn proxy_keys(&self, account_id: &str) -> Result<Vec<ProxyKey>, StoreError>;

@@ -43,6 +43,37 @@ pub enum Command {
         #[command(subcommand)]
         command: ProxyKeysCommand,
     },
+    /// Lists and revokes an account's tokens (made by POST /v1/accounts/{id}/tokens).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Lists the account's tokens (expired ones too), without secrets.
+    List {
+        #[command(flatten)]
+        args: TokensArgs,
+    },
+    /// Revokes one of the account's tokens at once, and the dashboard sessions signed in with it.
+    Revoke {
+        #[command(flatten)]
+        args: TokensArgs,
+        /// The token's id (the `id` that creating it answered, or `tokens list` shows).
+        #[arg(value_name = "TOKEN_ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The account.
+    #[arg(long)]
+    pub account: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +210,19 @@ pub enum ExportFormat {
 pub enum KeysCommand {
     /// Creates an API key and prints its secret, once.
     Create(KeysCreateArgs),
+    /// Lists the API keys with when each was last used, without secrets.
+    List(DbArgs),
+    /// Revokes (deletes) an API key; a running creditd refuses it within 30 seconds.
+    Revoke(KeysRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRevokeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The key's id (`keys list` shows it; in a secret `ck_<id>_…` it is the part after `ck_`).
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 #[derive(Debug, Args)]
@@ -326,5 +370,18 @@ mod tests {
             Cli::try_parse_from(["creditd", "keys", "create", "--db", "sqlite://x.db", "--role", "gateway"]).unwrap();
         let Command::Keys { command: KeysCommand::Create(args) } = cli.command else { panic!("not keys create") };
         assert_eq!(args.role, RoleArg::Gateway);
+    }
+
+    #[test]
+    fn keys_and_tokens_list_and_revoke_by_id() {
+        let cli = Cli::try_parse_from(["creditd", "keys", "revoke", "--db", "sqlite://x.db", "k1"]).unwrap();
+        let Command::Keys { command: KeysCommand::Revoke(args) } = cli.command else { panic!("not keys revoke") };
+        assert_eq!(args.id, "k1");
+        assert!(Cli::try_parse_from(["creditd", "keys", "revoke"]).is_err(), "the id is required");
+        assert!(Cli::try_parse_from(["creditd", "keys", "list", "--db", "sqlite://x.db"]).is_ok());
+        let cli = Cli::try_parse_from(["creditd", "tokens", "revoke", "--account", "u_1", "t1"]).unwrap();
+        let Command::Tokens { command: TokensCommand::Revoke { args, id } } = cli.command else { panic!("not revoke") };
+        assert_eq!((args.account.as_str(), id.as_str()), ("u_1", "t1"));
+        assert!(Cli::try_parse_from(["creditd", "tokens", "list"]).is_err(), "the account is required");
     }
 }

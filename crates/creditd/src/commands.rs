@@ -8,10 +8,10 @@ use std::sync::Arc;
 use creditd_core::invariants::INVARIANTS;
 use creditd_store::postgres::{PgStore, is_postgres_url};
 use creditd_store::sqlite::{SqliteStore, sqlite_path};
-use creditd_store::{AuditReport, Clock, EngineConfig, Role, Store, SystemClock, WriterLimits};
+use creditd_store::{AuditReport, Clock, Command, EngineConfig, Reply, Role, Store, SystemClock, WriterLimits};
 
 use crate::Failure;
-use crate::cli::{DbArgs, InitArgs, KeysCreateArgs, RoleArg};
+use crate::cli::{DbArgs, InitArgs, KeysCreateArgs, KeysRevokeArgs, RoleArg};
 use crate::config::{self, Config, DEFAULT_TOML};
 
 /// `creditd init`: writes the commented default configuration.
@@ -174,6 +174,46 @@ pub async fn create_key(args: &KeysCreateArgs) -> Result<(), Failure> {
     let _ = std::io::stdout().flush();
     eprintln!("The secret is shown only this once: store it now. Send it as `Authorization: Bearer <secret>`.");
     Ok(())
+}
+
+/// An optional time for a table: `-` when there is none.
+pub(crate) fn time_or_dash(t: Option<jiff::Timestamp>) -> String {
+    t.map_or_else(|| "-".to_string(), |t| t.to_string())
+}
+
+/// `creditd keys list`: every API key, without secrets (only hashes are stored).
+pub async fn list_keys(args: &DbArgs) -> Result<(), Failure> {
+    let (config, url) = resolve(args)?;
+    let database = database(&url)?;
+    let keys = {
+        let store = open_store(&database, config.engine(), Arc::new(SystemClock))?;
+        store.keys().await.map_err(|e| Failure::runtime(format!("cannot list the keys: {e}")))?
+    };
+    println!("id\trole\tname\tcreated_at\tlast_used_at");
+    for k in keys {
+        println!("{}\t{}\t{}\t{}\t{}", k.id, k.role.as_str(), k.name, k.created_at, time_or_dash(k.last_used_at));
+    }
+    Ok(())
+}
+
+/// `creditd keys revoke ID`: deletes the key. A running server holds a
+/// verified key for up to 30 seconds (`KEY_CACHE_TTL`), so it refuses the
+/// key within that; `DELETE /v1/keys/{id}` on it refuses it at once.
+pub async fn revoke_key(args: &KeysRevokeArgs) -> Result<(), Failure> {
+    let (config, url) = resolve(&args.db)?;
+    let database = database(&url)?;
+    let reply = {
+        let store = open_store(&database, config.engine(), Arc::new(SystemClock))?;
+        store.execute(Command::DeleteKey { id: args.id.clone() }, None).await
+    };
+    match reply {
+        Ok(Reply::Deleted) => {
+            println!("revoked key {}; a running creditd refuses it within 30 seconds", args.id);
+            Ok(())
+        }
+        Ok(_) => Err(Failure::runtime("unexpected reply from the store")),
+        Err(e) => Err(Failure::runtime(format!("cannot revoke key {:?}: {e}", args.id))),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod models;
 pub mod net;
 pub mod proxy_keys;
 pub mod serve;
+pub mod tokens;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -76,6 +77,9 @@ pub fn run() -> ExitCode {
                 Command::Audit(args) => commands::audit(&args).await,
                 Command::Export(args) => export::export(&args).await,
                 Command::Keys { command: KeysCommand::Create(args) } => commands::create_key(&args).await,
+                Command::Keys { command: KeysCommand::List(args) } => commands::list_keys(&args).await,
+                Command::Keys { command: KeysCommand::Revoke(args) } => commands::revoke_key(&args).await,
+                Command::Tokens { command } => tokens::run(&command).await,
                 Command::ProxyKeys { command } => proxy_keys::run(&command).await,
                 Command::Models { command: ModelsCommand::Import(args) } => models::import(&args).await,
             }

@@ -8,7 +8,7 @@ use creditd_store::{Command, Reply, SystemClock};
 
 use crate::Failure;
 use crate::cli::{ProxyKeysArgs, ProxyKeysCommand};
-use crate::commands::{database, open_store, resolve};
+use crate::commands::{database, open_store, resolve, time_or_dash};
 
 pub async fn run(command: &ProxyKeysCommand) -> Result<(), Failure> {
     let args: &ProxyKeysArgs = match command {
@@ -35,8 +35,8 @@ pub async fn run(command: &ProxyKeysCommand) -> Result<(), Failure> {
             let keys = store.proxy_keys(account).await.map_err(|e| Failure::runtime(format!("cannot list: {e}")))?;
             println!("id\tname\tcreated_at\tlast_used_at\trevoked_at");
             for k in keys {
-                let opt = |t: Option<jiff::Timestamp>| t.map_or_else(|| "-".to_string(), |t| t.to_string());
-                println!("{}\t{}\t{}\t{}\t{}", k.id, k.name, k.created_at, opt(k.last_used_at), opt(k.revoked_at));
+                let (used, revoked) = (time_or_dash(k.last_used_at), time_or_dash(k.revoked_at));
+                println!("{}\t{}\t{}\t{used}\t{revoked}", k.id, k.name, k.created_at);
             }
         }
         ProxyKeysCommand::Revoke { id, .. } => {

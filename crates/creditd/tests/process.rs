@@ -562,6 +562,88 @@ fn a_gateway_key_from_the_cli_meters_against_a_running_server() {
     server.stop();
 }
 
+/// Issue 13.6: `creditd keys` could only create, and account tokens could
+/// not be listed or revoked from the command line.
+#[test]
+fn keys_and_tokens_are_listed_and_revoked_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir.path().join("keys.db"));
+    let config = dir.path().join("creditd.toml");
+    std::fs::write(&config, QUIET_CONFIG).unwrap();
+    let config = config.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let out = run(dir.path(), &[args, &["--db", &db, "--config", config]].concat());
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let created = cli(&["keys", "create", "--role", "gateway", "--name", "edge"]);
+    let secret = printed_after(&created, "secret:").expect("secret").to_string();
+    let id = secret.strip_prefix("ck_").and_then(|s| s.split('_').next()).unwrap().to_string();
+    let row = |listing: &str| listing.lines().find(|l| l.starts_with(&id)).map(str::to_string);
+    let listed = cli(&["keys", "list"]);
+    assert!(listed.starts_with("id\trole\tname\tcreated_at\tlast_used_at\n"), "{listed}");
+    let line = row(&listed).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.starts_with(&format!("{id}\tgateway\tedge\t")) && line.ends_with("\t-"), "not used yet: {line}");
+    assert!(!listed.contains(&secret), "no secret in the list");
+
+    // Used against a running server: the use is recorded.
+    let server = Server::start(
+        dir.path(),
+        &["--config", config, "--db", &db, "--listen", "127.0.0.1:0", "--admin-key", ADMIN_KEY],
+    );
+    let http = Http::new();
+    let (status, _) = http.get(&server.url("/v1/accounts/nobody"), Some(&secret));
+    assert_eq!(status, 404);
+    let (status, _) = http.post(&server.url("/v1/accounts"), ADMIN_KEY, &json!({"id": "u_1"}));
+    assert_eq!(status, 201);
+    let (status, token) = http.post(&server.url("/v1/accounts/u_1/tokens"), ADMIN_KEY, &json!({}));
+    assert_eq!(status, 201, "{token}");
+    // The use is written in the background: wait for it before stopping.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, keys) = http.get(&server.url("/v1/keys"), Some(ADMIN_KEY));
+        let used =
+            keys["data"].as_array().unwrap().iter().any(|k| k["id"] == id.as_str() && k["last_used_at"].is_string());
+        if used {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key's use was never recorded: {keys}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+    let line = row(&cli(&["keys", "list"])).unwrap();
+    assert!(!line.ends_with("\t-"), "last_used_at is shown: {line}");
+
+    // Revoked from the CLI: gone from the list, refused by the next server.
+    assert!(cli(&["keys", "revoke", &id]).contains(&format!("revoked key {id}")));
+    assert_eq!(row(&cli(&["keys", "list"])), None);
+    let out = run(dir.path(), &["keys", "revoke", &id, "--db", &db, "--config", config]);
+    assert_eq!(out.status.code(), Some(1), "revoking twice: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
+
+    // Account tokens.
+    let token_id = token["id"].as_str().unwrap();
+    let listed = cli(&["tokens", "list", "--account", "u_1"]);
+    assert!(listed.starts_with("id\tcreated_at\texpires_at\n"), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with(&format!("{token_id}\t"))), "{listed}");
+    assert!(!listed.contains(token["token"].as_str().unwrap()), "no secret in the list");
+    assert!(cli(&["tokens", "revoke", "--account", "u_1", token_id]).contains(&format!("revoked token {token_id}")));
+    assert_eq!(cli(&["tokens", "list", "--account", "u_1"]), "id\tcreated_at\texpires_at\n");
+    let out = run(dir.path(), &["tokens", "list", "--account", "nobody", "--db", &db, "--config", config]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("account \"nobody\" not found"), "{}", text(&out.stderr));
+
+    let server = Server::start(
+        dir.path(),
+        &["--config", config, "--db", &db, "--listen", "127.0.0.1:0", "--admin-key", ADMIN_KEY],
+    );
+    let (status, _) = http.get(&server.url("/v1/accounts/nobody"), Some(&secret));
+    assert_eq!(status, 401, "the revoked key is refused");
+    let (status, _) = http.get(&server.url("/v1/accounts/u_1"), token["token"].as_str());
+    assert_eq!(status, 401, "the revoked token is refused");
+    server.stop();
+}
+
 #[test]
 fn a_bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -113,6 +113,27 @@ pub struct TokenOut {
     pub expires_at: String,
 }
 
+/// An account token as `GET /v1/accounts/{id}/tokens` lists it: never the
+/// secret (only its hash is stored).
+#[derive(Debug, Serialize)]
+pub struct TokenInfoOut {
+    pub id: String,
+    pub account_id: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+impl From<&creditd_store::AccountToken> for TokenInfoOut {
+    fn from(t: &creditd_store::AccountToken) -> Self {
+        TokenInfoOut {
+            id: t.id.clone(),
+            account_id: t.account_id.clone(),
+            created_at: t.created_at.to_string(),
+            expires_at: t.expires_at.to_string(),
+        }
+    }
+}
+
 /// `POST /v1/keys`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +160,8 @@ pub struct KeyOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     pub created_at: String,
+    /// To the minute at best; `null` until the key is first used.
+    pub last_used_at: Option<String>,
 }
 
 impl KeyOut {
@@ -149,6 +172,7 @@ impl KeyOut {
             name: key.name.clone(),
             secret,
             created_at: key.created_at.to_string(),
+            last_used_at: key.last_used_at.map(|t| t.to_string()),
         }
     }
 }

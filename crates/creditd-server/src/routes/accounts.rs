@@ -12,7 +12,7 @@ use creditd_store::{AccountRow, Command, Reply, StoredAccount};
 use super::load_account;
 use super::subscriptions::account_now;
 use crate::auth::{Access, Caller, new_account_token};
-use crate::dto::{AccountIn, AccountOut, BalanceOut, List, ReasonIn, TokenIn, TokenOut};
+use crate::dto::{AccountIn, AccountOut, BalanceOut, List, ReasonIn, TokenIn, TokenInfoOut, TokenOut};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, MaybeIdempotencyKey, PathParams, QueryParams};
 use crate::idempotency::{execute, execute_secret, unexpected};
@@ -144,6 +144,16 @@ pub async fn token(
         other => Err(unexpected(other)),
     };
     execute_secret(&state, Command::CreateAccountToken { token }, idem, &parsed.fingerprint, render, "token").await
+}
+
+/// `GET /v1/accounts/{id}/tokens`: the account's tokens, expired ones
+/// included, without secrets (one page: an account has few).
+pub async fn tokens(State(state): State<AppState>, caller: Caller, path: PathParams) -> ApiResult<Response> {
+    caller.require(Access::Admin)?;
+    let id = path.get(0)?.to_string();
+    load_account(&state, &id).await?;
+    let tokens = state.store.account_tokens(&id).await?;
+    ok(&List { data: tokens.iter().map(TokenInfoOut::from).collect(), next_cursor: None })
 }
 
 /// `DELETE /v1/accounts/{id}/tokens/{token}` → `204`: the token signs

@@ -65,6 +65,7 @@ pub fn table() -> Vec<RouteDef> {
         route("POST", "/v1/accounts/{id}/suspend", post(accounts::suspend)),
         route("POST", "/v1/accounts/{id}/resume", post(accounts::resume)),
         route("POST", "/v1/accounts/{id}/tokens", post(accounts::token)),
+        route("GET", "/v1/accounts/{id}/tokens", get(accounts::tokens)),
         route("DELETE", "/v1/accounts/{id}/tokens/{token}", delete(accounts::revoke_token)),
         route("DELETE", "/v1/accounts/{id}/sessions", delete(accounts::revoke_sessions)),
         route("GET", "/v1/accounts/{id}/balance", get(accounts::balance)),

@@ -200,3 +200,45 @@ async fn wallet_in_usd_and_debt_in_the_balance() {
     assert_eq!(balance["debt"], "0.5");
     assert_eq!(balance["wallet"], json!({"balance": "-0.5", "held": "0", "usd": "-0.005"}));
 }
+
+/// Issue 13.6: account tokens could be made and revoked, but not listed.
+#[tokio::test]
+async fn account_tokens_are_listed_without_secrets_and_revoked() {
+    let api = Api::new().await;
+    api.account("u_1").await;
+    api.account("u_2").await;
+    let first = api.post("/v1/accounts/u_1/tokens", json!({"ttl_seconds": 60})).await.expect(201).clone();
+    let second = api.post("/v1/accounts/u_1/tokens", json!({})).await.expect(201).clone();
+    api.post("/v1/accounts/u_2/tokens", json!({})).await.expect(201);
+
+    let list = api.get("/v1/accounts/u_1/tokens").await;
+    let data = list.expect(200)["data"].as_array().unwrap().clone();
+    let mut ids: Vec<&str> = data.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut made = [first["id"].as_str().unwrap(), second["id"].as_str().unwrap()];
+    made.sort_unstable();
+    assert_eq!(ids, made, "u_1's tokens only");
+    let listed = data.iter().find(|t| t["id"] == first["id"]).unwrap();
+    assert_eq!(listed["expires_at"], first["expires_at"]);
+    assert_eq!(listed["account_id"], "u_1");
+    assert!(listed["created_at"].is_string());
+    assert_eq!(listed.as_object().unwrap().len(), 4, "id, account_id, created_at, expires_at: {listed}");
+    for secret in [&first["token"], &second["token"]] {
+        let secret = secret.as_str().unwrap();
+        assert!(!list.raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "no secret in the list");
+    }
+
+    let path = format!("/v1/accounts/u_1/tokens/{}", first["id"].as_str().unwrap());
+    assert_eq!(api.call("DELETE", &path, Some(&api.admin), None).await.status.as_u16(), 204);
+    let after = api.get("/v1/accounts/u_1/tokens").await;
+    let ids: Vec<Value> = after.expect(200)["data"].as_array().unwrap().iter().map(|t| t["id"].clone()).collect();
+    assert_eq!(ids, [second["id"].clone()]);
+    let token = first["token"].as_str().unwrap();
+    api.call("GET", "/v1/accounts/u_1", Some(token), None).await.expect_error(401, "unauthorized");
+
+    // Admin only (a token may not list the tokens of its own account); an unknown account is 404.
+    let own = second["token"].as_str().unwrap();
+    let r = api.call("GET", "/v1/accounts/u_1/tokens", Some(own), None).await;
+    assert_eq!(r.expect_error(403, "forbidden")["required_role"], "admin");
+    api.get("/v1/accounts/nobody/tokens").await.expect_error(404, "not_found");
+}

@@ -78,3 +78,33 @@ async fn ensure_admin_key_creates_one_only_when_needed() {
     let (key, gateway) = creditd_server::create_key(store, creditd_store::Role::Gateway, "cli").await.unwrap();
     assert!(gateway.starts_with(&format!("ck_{}_", key.id)));
 }
+
+/// Issue 13.6: keys showed no sign of use. `last_used_at` is written off the
+/// request's path, at most once a minute per key: `null` until first used.
+#[tokio::test]
+async fn a_key_shows_when_it_was_last_used() {
+    let api = Api::new().await;
+    let created = api.post("/v1/keys", json!({"role": "gateway", "name": "edge"})).await;
+    let created = created.expect(201).clone();
+    assert_eq!(created["last_used_at"], serde_json::Value::Null);
+    let (id, secret) = (created["id"].as_str().unwrap(), created["secret"].as_str().unwrap());
+    let last_used = || async {
+        let list = api.get("/v1/keys").await;
+        let keys = list.expect(200)["data"].as_array().unwrap().clone();
+        keys.into_iter().find(|k| k["id"] == id).expect("listed")["last_used_at"].clone()
+    };
+    assert_eq!(last_used().await, serde_json::Value::Null, "not used yet");
+    api.call("GET", "/v1/accounts/nobody", Some(secret), None).await.expect_error(404, "not_found");
+    // Written in the background: wait for it (a few seconds at most).
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..100 {
+        seen = last_used().await;
+        if !seen.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let at: jiff::Timestamp = seen.as_str().unwrap_or_else(|| panic!("never recorded: {seen}")).parse().unwrap();
+    let now: jiff::Timestamp = api.get("/v1/test/clock").await.expect(200)["now"].as_str().unwrap().parse().unwrap();
+    assert!(at <= now, "{at} after {now}");
+}

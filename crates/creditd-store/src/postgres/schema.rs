@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, V6_MODEL_IMPORTS),
     (7, V7_CONFIG_APPLIED),
     (8, V8_OUTGOING_WEBHOOKS),
+    (9, V9_KEY_LAST_USED),
 ];
 
 const V1: &str = r#"
@@ -424,6 +425,11 @@ CREATE TABLE webhook_deliveries (
     UNIQUE (event_id, endpoint_id)
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE status = 'pending';
+"#;
+
+/// When each API key was last used (SQLite V11).
+const V9_KEY_LAST_USED: &str = r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT;
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

@@ -212,6 +212,15 @@ pub fn proxy_keys(conn: &dyn Db, account_id: &str) -> Result<Vec<crate::ProxyKey
     )
 }
 
+/// The account's tokens, oldest first (a revoked token is deleted).
+pub fn account_tokens(conn: &dyn Db, account_id: &str) -> Result<Vec<crate::AccountToken>, StoreError> {
+    conn.query_vec(
+        &format!("SELECT {} FROM account_tokens WHERE account_id = ?1 ORDER BY created_at, id", rows::TOKEN_COLUMNS),
+        params![account_id],
+        rows::token,
+    )
+}
+
 pub fn account_token(conn: &dyn Db, id: &str) -> Result<Option<crate::AccountToken>, StoreError> {
     conn.query_opt(
         &format!("SELECT {} FROM account_tokens WHERE id = ?1", rows::TOKEN_COLUMNS),

@@ -207,7 +207,7 @@ pub fn model(row: &dyn Row) -> Result<ModelVersion, StoreError> {
     })
 }
 
-pub const KEY_COLUMNS: &str = "id, role, name, secret_hash, created_at";
+pub const KEY_COLUMNS: &str = "id, role, name, secret_hash, created_at, last_used_at";
 
 pub fn key(row: &dyn Row) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
@@ -216,6 +216,7 @@ pub fn key(row: &dyn Row) -> Result<ApiKey, StoreError> {
         name: row.get(2)?,
         secret_hash: row.get(3)?,
         created_at: ts(row, 4)?,
+        last_used_at: ts_opt(row, 5)?,
     })
 }
 

@@ -511,6 +511,11 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
         self.read(move |conn| reader::account_token(conn, &id)).await
     }
 
+    async fn account_tokens(&self, account_id: &str) -> Result<Vec<AccountToken>, StoreError> {
+        let account_id = account_id.to_string();
+        self.read(move |conn| reader::account_tokens(conn, &account_id)).await
+    }
+
     async fn proxy_key(&self, id: &str) -> Result<Option<crate::ProxyKey>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| reader::proxy_key(conn, &id)).await

@@ -785,8 +785,9 @@ impl<C: WriterDb> Writer<C> {
                     return Err(Refusal::Conflict(format!("key {:?} already exists", key.id)).into());
                 }
                 key.created_at = truncate(key.created_at);
+                key.last_used_at = None;
                 self.conn.write(
-                    &format!("INSERT INTO api_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5)", rows::KEY_COLUMNS),
+                    "INSERT INTO api_keys (id, role, name, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![key.id, key.role.as_str(), key.name, key.secret_hash, codec::micros(key.created_at)],
                 )?;
                 Ok((Reply::Key(key), Pending::Nothing))
@@ -855,6 +856,13 @@ impl<C: WriterDb> Writer<C> {
                     )?
                     .ok_or_else(|| Refusal::NotFound(format!("proxy key {id:?}")))?;
                 Ok((Reply::ProxyKey(key), Pending::Nothing))
+            }
+            Command::TouchKey { id, at } => {
+                self.conn.execute(
+                    "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    params![id, codec::micros(truncate(at))],
+                )?;
+                Ok((Reply::Touched, Pending::Nothing))
             }
             Command::TouchProxyKey { id, at } => {
                 self.conn.execute(

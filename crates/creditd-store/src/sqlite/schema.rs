@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, V8_MODEL_IMPORTS),
     (9, V9_CONFIG_APPLIED),
     (10, V10_OUTGOING_WEBHOOKS),
+    (11, V11_KEY_LAST_USED),
 ];
 
 const V1: &str = r#"
@@ -413,6 +414,12 @@ CREATE TABLE webhook_deliveries (
 );
 -- The delivery worker's question: what is due now?
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE status = 'pending';
+"#;
+
+/// When each API key was last used (written at most once a minute per key
+/// and instance, off the request's path; `docs/api.md`).
+const V11_KEY_LAST_USED: &str = r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
 "#;
 
 /// The newest schema version this build knows.

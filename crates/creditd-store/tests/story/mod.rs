@@ -382,11 +382,23 @@ pub async fn story(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
 
     // Keys and tokens.
     let now = clock.now();
-    let key =
-        ApiKey { id: "k1".into(), role: Role::Gateway, name: "gw".into(), secret_hash: "h".into(), created_at: now };
+    let mut key = ApiKey {
+        id: "k1".into(),
+        role: Role::Gateway,
+        name: "gw".into(),
+        secret_hash: "h".into(),
+        created_at: now,
+        last_used_at: None,
+    };
     assert_eq!(run(s, Command::CreateKey { key: key.clone() }).await, Reply::Key(key.clone()));
     assert!(matches!(refused(s, Command::CreateKey { key: key.clone() }).await, Refusal::Conflict(_)));
     assert_eq!(s.key("k1").await.expect("read"), Some(key.clone()));
+    assert_eq!(s.keys().await.expect("read"), vec![key.clone()]);
+    // A key's use is recorded; an older use never moves it back (issue 13.6).
+    let later = now + SignedDuration::from_mins(5);
+    assert_eq!(run(s, Command::TouchKey { id: "k1".into(), at: later }).await, Reply::Touched);
+    run(s, Command::TouchKey { id: "k1".into(), at: now }).await;
+    key.last_used_at = Some(later);
     assert_eq!(s.keys().await.expect("read"), vec![key]);
     assert_eq!(run(s, Command::DeleteKey { id: "k1".into() }).await, Reply::Deleted);
     assert!(matches!(refused(s, Command::DeleteKey { id: "k1".into() }).await, Refusal::NotFound(_)));
@@ -400,6 +412,8 @@ pub async fn story(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
     };
     assert_eq!(run(s, Command::CreateAccountToken { token: token("u1") }).await, Reply::Token(token("u1")));
     assert_eq!(s.account_token("t-u1").await.expect("read"), Some(token("u1")));
+    assert_eq!(s.account_tokens("u1").await.expect("read"), vec![token("u1")]);
+    assert_eq!(s.account_tokens("u2").await.expect("read"), vec![]);
     assert!(matches!(refused(s, Command::CreateAccountToken { token: token("nobody") }).await, Refusal::NotFound(_)));
 
     // Reads: models, accounts by page, the ledger by page.
