@@ -292,6 +292,21 @@ impl GiftMarks {
     }
 }
 
+/// The low-credit thresholds of an account (`events`), by their text
+/// (`20%`, `500`; `0`: depleted). A threshold is armed once the account is
+/// seen at or above it; crossing below an armed one is told once, and it is
+/// armed again only when credits added lift the account back above it, or
+/// when a new subscription period starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LowMarks {
+    /// The start of the subscription period they belong to; `None`: no live
+    /// subscription.
+    pub period: Option<Timestamp>,
+    pub armed: Vec<String>,
+    /// Crossed and told, not armed again since.
+    pub told: Vec<String>,
+}
+
 /// Everything the engine needs to decide a metering call for one account.
 /// Kept small: live grants (credits left or held), the wallet, open holds,
 /// the live subscription, the request windows (bounded by the plan's rate)
@@ -309,6 +324,7 @@ pub struct AccountState {
     /// Admitted requests, for the rate limit and the daily and weekly caps.
     pub windows: RequestWindows,
     pub gifts: GiftMarks,
+    pub low: LowMarks,
 }
 
 impl AccountState {
@@ -322,6 +338,7 @@ impl AccountState {
             subscription: None,
             windows: RequestWindows::default(),
             gifts: GiftMarks::default(),
+            low: LowMarks::default(),
         }
     }
 

@@ -119,6 +119,8 @@ pub struct Billing {
     pub renewal_grace: SpanFieldwise,
     pub on_switch: OnSwitch,
     pub campaigns: Campaigns,
+    /// When `credits.low` is told (outgoing webhooks).
+    pub low_credits: crate::events::LowCredits,
 }
 
 impl Default for Billing {
@@ -128,6 +130,7 @@ impl Default for Billing {
             renewal_grace: Span::new().days(1).fieldwise(),
             on_switch: OnSwitch::Prorate,
             campaigns: Campaigns::default(),
+            low_credits: crate::events::LowCredits::default(),
         }
     }
 }

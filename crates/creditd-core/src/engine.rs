@@ -205,9 +205,9 @@ pub fn apply<T>(
     {
         changes.put_subscription(live.clone());
     }
-    changes.account |= tx.state.windows != state.windows || tx.state.gifts != state.gifts;
-    let derived = crate::events::derive(state, &changes, now, tx.new_id);
+    let derived = crate::events::derive(state, &mut tx.state, &changes, now, tx.ctx.billing, tx.new_id);
     changes.events.extend(derived);
+    changes.account |= tx.state.windows != state.windows || tx.state.gifts != state.gifts || tx.state.low != state.low;
     tx.state.prune();
     *state = tx.state;
     Ok((out, changes))

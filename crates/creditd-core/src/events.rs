@@ -9,10 +9,13 @@
 
 use jiff::Timestamp;
 
-use crate::account::AccountState;
+use std::collections::BTreeMap;
+
+use crate::account::{AccountState, LowMarks};
+use crate::campaign::Billing;
 use crate::ledger::{Changes, EntryKind, Reference};
 use crate::subscription::{Subscription, SubscriptionStatus};
-use crate::units::Credits;
+use crate::units::{Credits, Factor, div_floor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -101,6 +104,143 @@ impl Event {
     }
 }
 
+/// A level of available credits below which `credits.low` is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threshold {
+    /// A share (0 to 100) of the current period's plan pools as granted;
+    /// only for an account with a live subscription.
+    Percent(Factor),
+    Amount(Credits),
+}
+
+impl Threshold {
+    /// `"20%"` or `"500"` (canonical decimals).
+    pub fn parse(text: &str) -> Option<Threshold> {
+        match text.strip_suffix('%') {
+            Some(p) => {
+                let f = Factor::parse(p).ok()?;
+                (f.to_string() == p && f.is_positive() && f <= Factor::whole(100)).then_some(Threshold::Percent(f))
+            }
+            None => {
+                let c = Credits::parse(text).ok()?;
+                (c.to_string() == text && c.is_positive()).then_some(Threshold::Amount(c))
+            }
+        }
+    }
+
+    /// The level in credits, given the period's pools (`None`: no pools).
+    pub fn level(self, pools: Option<Credits>) -> Option<Credits> {
+        match self {
+            Threshold::Amount(c) => Some(c),
+            Threshold::Percent(p) => {
+                let pools = pools.filter(|c| c.is_positive())?;
+                let units = div_floor(i128::from(pools.units()) * i128::from(p.units()), i128::from(Factor::ONE) * 100);
+                Some(Credits::from_units(i64::try_from(units).ok()?))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Percent(p) => write!(f, "{p}%"),
+            Threshold::Amount(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// Which thresholds apply to an account: its own, else its plan's, else
+/// the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LowCredits {
+    pub default: Vec<Threshold>,
+    /// By plan id (the live subscription's plan; `free` without one).
+    pub plans: BTreeMap<String, Vec<Threshold>>,
+    /// By account id.
+    pub accounts: BTreeMap<String, Vec<Threshold>>,
+}
+
+impl LowCredits {
+    pub fn for_account(&self, account_id: &str, plan_id: &str) -> &[Threshold] {
+        self.accounts.get(account_id).or_else(|| self.plans.get(plan_id)).unwrap_or(&self.default)
+    }
+}
+
+/// Credits were added to the account: a grant, a top-up, a proration
+/// credit, a refund, a positive adjustment. Released holds are not: they
+/// only undo what a request reserved.
+fn refilled(changes: &Changes) -> bool {
+    changes.entries.iter().any(|e| {
+        e.amount.is_positive()
+            && matches!(
+                e.kind,
+                EntryKind::Grant
+                    | EntryKind::Topup
+                    | EntryKind::Refund
+                    | EntryKind::Adjustment
+                    | EntryKind::ProrationCredit
+            )
+    })
+}
+
+/// `credits.low` and `credits.depleted`: available credits after the
+/// operation against each threshold; a crossed one is marked so that it is
+/// told once per crossing per period (see [`LowMarks`]).
+fn low_credit_events(
+    after: &mut AccountState,
+    changes: &Changes,
+    now: Timestamp,
+    billing: &Billing,
+    event: &mut dyn FnMut(EventKind) -> Event,
+) -> Vec<Event> {
+    let period = after.subscription.as_ref().filter(|s| s.is_active()).map(|s| s.period_start);
+    let pools = after.subscription.as_ref().filter(|s| s.is_active()).map(|s| s.main_amount + s.backup_amount);
+    let plan = after.subscription.as_ref().map_or("free", |s| s.plan_id.as_str());
+    let thresholds = billing.low_credits.for_account(&after.account_id, plan);
+    let available = after.available(now);
+    let mut marks = after.low.clone();
+    if marks.period != period {
+        marks = LowMarks { period, ..LowMarks::default() };
+    }
+    let refill = refilled(changes);
+    let mut out = Vec::new();
+    let mut levels: Vec<(String, Credits, Option<Threshold>)> =
+        thresholds.iter().filter_map(|t| t.level(pools).map(|level| (t.to_string(), level, Some(*t)))).collect();
+    levels.push(("0".to_string(), Credits::ZERO, None));
+    for (key, level, threshold) in levels {
+        let armed = marks.armed.contains(&key);
+        let told = marks.told.contains(&key);
+        let below = match threshold {
+            Some(_) => available < level,
+            None => !available.is_positive(),
+        };
+        if !below {
+            // Seen above: armed, unless it was told and no credits were added.
+            if !armed && (!told || refill) {
+                marks.told.retain(|k| *k != key);
+                marks.armed.push(key);
+            }
+            continue;
+        }
+        if armed {
+            let e = match threshold {
+                Some(t) => event(EventKind::CreditsLow).with("threshold", t).with("level", level),
+                None => event(EventKind::CreditsDepleted),
+            };
+            let e = e.with("available", available);
+            out.push(match period {
+                Some(start) => e.with("period_start", start),
+                None => e,
+            });
+            marks.armed.retain(|k| *k != key);
+            marks.told.push(key);
+        }
+    }
+    after.low = marks;
+    out
+}
+
 fn subscription_fields(event: Event, s: &Subscription) -> Event {
     event
         .with("subscription_id", &s.id)
@@ -112,12 +252,16 @@ fn subscription_fields(event: Event, s: &Subscription) -> Event {
 }
 
 /// The events of one operation that follow from what it changed: the
-/// subscription's transitions and refunded usage records. `before` is the
-/// account as the operation found it (before time was brought up to now).
+/// subscription's transitions, refunded usage records, and low credits.
+/// `before` is the account as the operation found it (before time was
+/// brought up to now); `after` as it leaves it, whose low-credit marks this
+/// updates.
 pub(crate) fn derive(
     before: &AccountState,
+    after: &mut AccountState,
     changes: &Changes,
     now: Timestamp,
+    billing: &Billing,
     new_id: &mut dyn FnMut() -> String,
 ) -> Vec<Event> {
     let account = before.account_id.as_str();
@@ -170,5 +314,6 @@ pub(crate) fn derive(
             .sum();
         events.push(event(EventKind::UsageRefunded).with("request_id", request_id).with("credits", credits));
     }
+    events.extend(low_credit_events(after, changes, now, billing, &mut event));
     events
 }

@@ -336,6 +336,7 @@ impl Config {
         campaign::Billing {
             timezone: self.billing.timezone.clone(),
             renewal_grace: self.billing.renewal_grace.fieldwise(),
+            low_credits: self.webhooks.low_credits.clone(),
             on_switch: match self.billing.on_switch {
                 OnSwitch::Prorate => creditd_core::subscription::OnSwitch::Prorate,
                 OnSwitch::CarryOver => creditd_core::subscription::OnSwitch::CarryOver,

@@ -372,3 +372,69 @@ async fn endpoints_of_the_configuration_are_synced() {
     let gone = api.get("/v1/webhook-endpoints/ops").await.expect(200).clone();
     assert_eq!(gone["enabled"], false);
 }
+
+/// `credits.low` once per crossing (again only after credits lift the
+/// account above the threshold), `credits.depleted` at zero; a share of
+/// the period's pools for a subscriber.
+#[tokio::test]
+async fn low_credits_are_told_once_per_crossing() {
+    use creditd_core::events::Threshold;
+    let mut config = crate::support::config();
+    let low = &mut config.engine.billing.low_credits;
+    low.default = vec![Threshold::parse("40").unwrap()];
+    low.plans.insert("pro".into(), vec![Threshold::parse("20%").unwrap()]);
+    let api = Api::build(true, config).await;
+    api.put(
+        "/v1/models/flat",
+        json!({"credits_per_mtok": {"input": "1000000", "output": "0", "cache_read": "0", "cache_write": "0"},
+               "credits": {"request": "0"}, "cost_usd": {"request": "0"}, "max_output_tokens": 1}),
+    )
+    .await
+    .expect(200);
+    api.post("/v1/webhook-endpoints", json!({"url": "http://127.0.0.1:9/hook"})).await.expect(201);
+    let told = |d: &[Value], kind: &str| d.iter().filter(|d| d["event_type"] == kind).count();
+
+    api.account("u").await;
+    api.grant("u", "100").await;
+    let usage = |id: &str, credits: u64| json!({"account_id": "u", "request_id": id, "model": "flat", "status": "success", "usage": {"input_tokens": credits}});
+    api.post("/v1/usage", usage("a1", 50)).await.expect(201);
+    assert_eq!(told(&deliveries(&api, "").await, "credits.low"), 0, "50 left, above 40");
+    api.post("/v1/usage", usage("a2", 20)).await.expect(201);
+    api.post("/v1/usage", usage("a3", 5)).await.expect(201);
+    let d = deliveries(&api, "").await;
+    assert_eq!(told(&d, "credits.low"), 1, "30 then 25 left: one crossing {d:?}");
+    api.grant("u", "100").await;
+    api.post("/v1/usage", usage("a4", 100)).await.expect(201);
+    let d = deliveries(&api, "").await;
+    assert_eq!(told(&d, "credits.low"), 2, "refilled to 125, then down to 25: a new crossing");
+    api.post("/v1/usage", usage("a5", 25)).await.expect(201);
+    let d = deliveries(&api, "").await;
+    assert_eq!((told(&d, "credits.low"), told(&d, "credits.depleted")), (2, 1));
+
+    // A subscriber's share of the pools: 20% of 1,000.
+    let plan =
+        api.put("/v1/plans/pro", json!({"price_usd": "20", "monthly_credits": "1000"})).await.expect(200).clone();
+    let whole = |v: &Value| v.as_str().unwrap().parse::<u64>().unwrap();
+    let pools = whole(&plan["main_pool"]) + whole(&plan["backup_pool"]);
+    let level = pools / 5;
+    api.account("s").await;
+    api.post("/v1/accounts/s/subscription", json!({"plan": "pro"})).await.expect(201);
+    let sub_usage = |id: &str, credits: u64| json!({"account_id": "s", "request_id": id, "model": "flat", "status": "success", "usage": {"input_tokens": credits}});
+    api.post("/v1/usage", sub_usage("s1", pools - level - 10)).await.expect(201);
+    let d = deliveries(&api, "").await;
+    assert_eq!(d.iter().filter(|d| d["event_type"] == "credits.low" && d["account_id"] == "s").count(), 0);
+    api.post("/v1/usage", sub_usage("s2", 20)).await.expect(201);
+    let d = deliveries(&api, "").await;
+    let lows: Vec<&Value> = d.iter().filter(|d| d["event_type"] == "credits.low" && d["account_id"] == "s").collect();
+    assert_eq!(lows.len(), 1, "{d:?}");
+    // What the event says.
+    let claim = StoreCommand::ClaimDeliveries { limit: 100, lease_seconds: 60 };
+    let Reply::Claimed(claimed) = api.store.execute(claim, None).await.unwrap() else { panic!("claimed") };
+    let low = claimed.iter().find(|c| c.event.kind.as_str() == "credits.low" && c.event.account_id == "s").unwrap();
+    let field = |name| low.event.field(name);
+    let (level, available) = (level.to_string(), (level - 10).to_string());
+    assert_eq!(
+        (field("threshold"), field("level"), field("available")),
+        (Some("20%"), Some(level.as_str()), Some(available.as_str()))
+    );
+}

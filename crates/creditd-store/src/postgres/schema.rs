@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, V7_CONFIG_APPLIED),
     (8, V8_OUTGOING_WEBHOOKS),
     (9, V9_KEY_LAST_USED),
+    (10, V10_LOW_CREDIT_MARKS),
 ];
 
 const V1: &str = r#"
@@ -430,6 +431,11 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE
 /// When each API key was last used (SQLite V11).
 const V9_KEY_LAST_USED: &str = r#"
 ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT;
+"#;
+
+/// Low-credit marks: as SQLite's V12.
+const V10_LOW_CREDIT_MARKS: &str = r#"
+ALTER TABLE accounts ADD COLUMN low_marks TEXT COLLATE "C" NOT NULL DEFAULT '';
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use creditd_core::account::{GrantKind, Portion, Source};
+use creditd_core::account::{GrantKind, LowMarks, Portion, Source};
 use creditd_core::limits::RequestWindows;
 use creditd_core::plan::ModelAccess;
 use creditd_core::pricing::{FlatRates, ModelPrice, Tier, TokenRates};
@@ -242,6 +242,35 @@ pub fn decode_model_access(text: &str) -> Result<ModelAccess, Corrupt> {
 }
 
 /// `u64` counts are stored as SQLite's signed integers.
+/// Low-credit marks (`creditd_core::account::LowMarks`): the period start in
+/// microseconds (empty: none), then the armed and the told thresholds, each
+/// list between commas, parts split by `|` (`1767225600000000|5%,0|20%`).
+/// No marks at all is the empty text.
+pub fn encode_low_marks(marks: &LowMarks) -> String {
+    if *marks == LowMarks::default() {
+        return String::new();
+    }
+    let period = marks.period.map(|t| micros(t).to_string()).unwrap_or_default();
+    format!("{period}|{}|{}", marks.armed.join(","), marks.told.join(","))
+}
+
+pub fn decode_low_marks(text: &str) -> Result<LowMarks, Corrupt> {
+    if text.is_empty() {
+        return Ok(LowMarks::default());
+    }
+    let corrupt = || Corrupt(format!("low-credit marks {text:?}"));
+    let mut parts = text.split('|');
+    let (Some(period), Some(armed), Some(told), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(corrupt());
+    };
+    let period = match period {
+        "" => None,
+        us => Some(timestamp(us.parse().map_err(|_| corrupt())?)?),
+    };
+    let list = |s: &str| s.split(',').filter(|k| !k.is_empty()).map(str::to_string).collect();
+    Ok(LowMarks { period, armed: list(armed), told: list(told) })
+}
+
 pub fn to_i64(value: u64) -> Result<i64, Corrupt> {
     i64::try_from(value).map_err(|_| corrupt(format!("{value} does not fit a database integer")))
 }

@@ -354,7 +354,7 @@ pub fn load_states(conn: &dyn Db, ids: &[&str]) -> Result<HashMap<String, Accoun
         return Ok(states);
     }
     let queries = [
-        "SELECT id, status, wallet_balance, wallet_held, windows, gifts_week, gifts_month FROM accounts
+        "SELECT id, status, wallet_balance, wallet_held, windows, gifts_week, gifts_month, low_marks FROM accounts
           WHERE id = ANY(?1)"
             .to_string(),
         format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ANY(?1) AND {} ORDER BY seq", conn.live_grant()),
@@ -380,6 +380,7 @@ pub fn load_states(conn: &dyn Db, ids: &[&str]) -> Result<HashMap<String, Accoun
                     subscription: None,
                     windows: codec::decode_windows(row.str(4)?)?,
                     gifts: GiftMarks { week: ts_opt(row, 5)?, month: ts_opt(row, 6)? },
+                    low: codec::decode_low_marks(row.str(7)?)?,
                 };
                 states.insert(state.account_id.clone(), state);
             }
@@ -645,7 +646,8 @@ pub fn write_changes(conn: &dyn Db, state: &AccountState, changes: &Changes) -> 
     }
     if changes.account {
         conn.write_keyed(
-            "UPDATE accounts SET wallet_balance = ?2, wallet_held = ?3, windows = ?4, gifts_week = ?5, gifts_month = ?6
+            "UPDATE accounts SET wallet_balance = ?2, wallet_held = ?3, windows = ?4, gifts_week = ?5, gifts_month = ?6,
+                    low_marks = ?7
              WHERE id = ?1",
             params![
                 state.account_id,
@@ -654,6 +656,7 @@ pub fn write_changes(conn: &dyn Db, state: &AccountState, changes: &Changes) -> 
                 codec::encode_windows(&state.windows),
                 opt_micros(state.gifts.week),
                 opt_micros(state.gifts.month),
+                codec::encode_low_marks(&state.low),
             ],
         )?;
     } else if changes.wallet {

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, V9_CONFIG_APPLIED),
     (10, V10_OUTGOING_WEBHOOKS),
     (11, V11_KEY_LAST_USED),
+    (12, V12_LOW_CREDIT_MARKS),
 ];
 
 const V1: &str = r#"
@@ -420,6 +421,12 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE
 /// and instance, off the request's path; `docs/api.md`).
 const V11_KEY_LAST_USED: &str = r#"
 ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+"#;
+
+/// The low-credit thresholds each account has crossed (`credits.low`,
+/// `docs/webhooks.md`), part of its hot state (`codec::encode_low_marks`).
+const V12_LOW_CREDIT_MARKS: &str = r#"
+ALTER TABLE accounts ADD COLUMN low_marks TEXT NOT NULL DEFAULT '';
 "#;
 
 /// The newest schema version this build knows.

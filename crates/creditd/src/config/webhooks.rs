@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use creditd_core::events::EventKind;
+use creditd_core::events::{EventKind, LowCredits, Threshold};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Scalar, Secret, Validator};
@@ -18,6 +18,8 @@ pub struct WebhooksSection {
     pub poll_interval_ms: u64,
     /// How long one delivery attempt may take.
     pub timeout_seconds: u64,
+    /// When `credits.low` is told.
+    pub low_credits: LowCredits,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +39,15 @@ pub(super) struct RawWebhooks {
     poll_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_seconds: Option<u64>,
+    low_credits: RawLowCredits,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLowCredits {
+    default: Vec<String>,
+    plans: BTreeMap<String, Vec<String>>,
+    accounts: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -91,7 +102,31 @@ impl Validator<'_> {
             Some(0) => Err(self.error(key, "must be at least 1")),
             Some(v) => Ok(v),
         };
+        let thresholds = |key: &str, texts: Vec<String>| -> Result<Vec<Threshold>, ConfigError> {
+            texts
+                .iter()
+                .map(|t| {
+                    Threshold::parse(t).ok_or_else(|| {
+                        self.error(key, format!("{t:?} is not a threshold: a share such as \"20%\" (above 0, at most 100) or credits such as \"500\""))
+                    })
+                })
+                .collect()
+        };
+        let raw_low = raw.low_credits;
+        let mut low_credits = LowCredits {
+            default: thresholds("webhooks.low_credits.default", raw_low.default)?,
+            ..LowCredits::default()
+        };
+        for (plan, texts) in raw_low.plans {
+            let list = thresholds(&format!("webhooks.low_credits.plans.{plan}"), texts)?;
+            low_credits.plans.insert(plan, list);
+        }
+        for (account, texts) in raw_low.accounts {
+            let list = thresholds(&format!("webhooks.low_credits.accounts.{account}"), texts)?;
+            low_credits.accounts.insert(account, list);
+        }
         Ok(WebhooksSection {
+            low_credits,
             endpoints,
             poll_interval_ms: positive("webhooks.poll_interval_ms", raw.poll_interval_ms, 1000)?,
             timeout_seconds: positive("webhooks.timeout_seconds", raw.timeout_seconds, 10)?,
