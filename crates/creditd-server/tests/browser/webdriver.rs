@@ -227,10 +227,13 @@ impl Browser {
         std::fs::write(path, png).unwrap();
     }
 
-    /// Waits until `check` is true (or panics after 10 s).
+    /// Waits until `check` is true (or panics after 10 s). A check that
+    /// fails because the page changed under it (an element found on the old
+    /// page is stale on the new one, a script ran while it unloaded) counts
+    /// as "not yet": the page is what the wait is waiting for.
     pub fn wait_for(&self, what: &str, mut check: impl FnMut(&Browser) -> bool) {
         let started = Instant::now();
-        while !check(self) {
+        while !std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(self))).unwrap_or(false) {
             if started.elapsed() > Duration::from_secs(10) {
                 let text = self.script("return document.body ? document.body.innerText : ''");
                 panic!("timed out waiting for {what} on {}; the page says: {text}", self.url());
