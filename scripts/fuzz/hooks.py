@@ -46,7 +46,7 @@ RULES = (
     "must be non-zero", "at most 1000000000", "the smallest", "is not a plan", "not in the price book",
     "is too large", "the clock", "later than", "expires before", "period", "would take the wallet",
     "must be in the future", "cannot be subscribed to", "positive ISO 8601 duration", "has no plan budget", "does not exist",
-    "would exceed", "number out of range",
+    "would exceed", "number out of range", "must be from 0 to",
 )
 
 stats = {"requests": 0, "server_errors": 0, "refused": 0, "state_changes": 0, "failures": {}, "changed_by": []}

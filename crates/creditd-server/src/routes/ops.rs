@@ -74,10 +74,22 @@ pub async fn set_clock(
     caller?.require(Access::Admin)?;
     let input = body.parse::<ClockIn>()?.value;
     let backwards = || ApiError::invalid("the clock never moves backwards");
-    let now = match (input.now, input.advance_seconds) {
-        (Some(now), None) => clock.set(validate::timestamp("now", &now)?).map_err(|_| backwards())?,
-        (None, Some(seconds)) => clock.advance(seconds).map_err(|_| backwards())?,
+    // The test clock stays below year 9000: periods, grace ends and hold
+    // expiries a year or more ahead of it must still be times, and a clock
+    // at the end of time would only test that they are not.
+    let limit: jiff::Timestamp = "9000-01-01T00:00:00Z".parse().expect("a valid time");
+    let too_far = || ApiError::invalid("the clock cannot move past 9000-01-01T00:00:00Z");
+    let target = match (input.now, input.advance_seconds) {
+        (Some(now), None) => validate::timestamp("now", &now)?,
+        (None, Some(seconds)) if seconds < 0 => return Err(backwards()),
+        (None, Some(seconds)) => creditd_store::Clock::now(clock)
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .map_err(|_| too_far())?,
         _ => return Err(ApiError::invalid("give exactly one of now and advance_seconds")),
     };
+    if target > limit {
+        return Err(too_far());
+    }
+    let now = clock.set(target).map_err(|_| backwards())?;
     ok(&ClockOut { now: now.to_string() })
 }
