@@ -128,18 +128,38 @@ async fn run(store: Arc<dyn Store>, config: DeliveryConfig) {
     // A claimed delivery comes back after the lease if its attempt is never
     // recorded: longer than an attempt can take.
     let lease_seconds = u32::try_from(config.timeout.as_secs().saturating_mul(3).max(30)).unwrap_or(u32::MAX);
+    let claim = || Command::ClaimDeliveries { limit: config.batch, lease_seconds };
+    let due = |reply| match reply {
+        Reply::Claimed(due) => due,
+        _ => Vec::new(),
+    };
+    work(&store, config.poll, "webhook deliveries", claim, due, |d| attempt(&store, &client, &config, d)).await
+}
+
+/// The loop of an outbox's worker (webhook deliveries, provider calls):
+/// claim what is due through the store (`claim`, read by `due`), attempt
+/// it side by side, each attempt recording itself; claim again at once
+/// after a full round, else after `poll`. Runs until its task is aborted.
+pub(crate) async fn work<T, Fut>(
+    store: &Arc<dyn Store>,
+    poll: Duration,
+    what: &str,
+    claim: impl Fn() -> Command,
+    due: impl Fn(Reply) -> Vec<T>,
+    attempt: impl Fn(T) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
-        let command = Command::ClaimDeliveries { limit: config.batch, lease_seconds };
-        match store.execute(command, None).await {
-            Ok(Reply::Claimed(due)) if !due.is_empty() => {
-                let attempts = due.into_iter().map(|d| attempt(&store, &client, &config, d));
-                futures_util::future::join_all(attempts).await;
+        match store.execute(claim(), None).await.map(&due) {
+            Ok(items) if !items.is_empty() => {
+                futures_util::future::join_all(items.into_iter().map(&attempt)).await;
                 continue;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "the webhook worker could not claim deliveries"),
+            Err(e) => tracing::warn!(error = %e, "the outbox worker could not claim {what}"),
         }
-        tokio::time::sleep(config.poll).await;
+        tokio::time::sleep(poll).await;
     }
 }
 

@@ -48,6 +48,8 @@ pub fn reply_name(reply: &Reply) -> &'static str {
         Reply::Endpoints(_) => "Endpoints",
         Reply::Claimed(_) => "Claimed",
         Reply::Delivery(_) => "Delivery",
+        Reply::ProviderCalls(_) => "ProviderCalls",
+        Reply::ProviderCall(_) => "ProviderCall",
     }
 }
 

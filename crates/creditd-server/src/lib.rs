@@ -15,6 +15,7 @@ pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod payments;
+pub mod provider_calls;
 pub mod respond;
 pub mod routes;
 pub mod state;

@@ -52,6 +52,21 @@ pub fn render() -> String {
     handle.render()
 }
 
+/// Appends the gauge of provider calls by status (`provider_calls::CALLS`),
+/// counted in the store when `/metrics` is read.
+pub fn provider_calls(text: &mut String, counts: &[(creditd_store::DeliveryStatus, u64)]) {
+    use std::fmt::Write;
+    let name = crate::provider_calls::CALLS;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = writeln!(text, "# HELP {name} Calls owed to payment providers' APIs, by status (counted in the store)");
+    let _ = writeln!(text, "# TYPE {name} gauge");
+    for (status, n) in counts {
+        let _ = writeln!(text, "{name}{{status=\"{}\"}} {n}", status.as_str());
+    }
+}
+
 /// Counts one metering call's result (`ok` or an error code).
 pub fn metering(call: &'static str, result: &'static str) {
     metrics::counter!(METERING, "call" => call, "result" => result).increment(1);

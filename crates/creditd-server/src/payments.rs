@@ -298,7 +298,10 @@ pub fn creem_event(body: &[u8], config: &CreemConfig) -> WebhookEventIn {
         "checkout.completed" => creem_checkout(object, account, config),
         "subscription.paid" => creem_subscription_paid(object, account, config, event.event_id.as_deref()),
         "subscription.canceled" => match account_in(account, "object.metadata.account_id") {
-            Ok(account_id) => WebhookAction::CancelSubscription { account_id },
+            Ok(account_id) => WebhookAction::CancelSubscription {
+                account_id,
+                provider_subscription_id: creem_subscription_id(object),
+            },
             Err(skip) => skip,
         },
         "refund.created" => creem_refund(object),
@@ -348,6 +351,7 @@ fn creem_checkout(object: &Value, account: Option<&str>, config: &CreemConfig) -
             kind: SubscriptionKind::Pass30d,
             amount_usd: amount.and_then(cents).unwrap_or(Usd::ZERO),
             payment_id,
+            provider_subscription_id: None,
         },
         Product::Plan { kind: SubscriptionKind::Monthly, .. } => {
             ignored("a monthly plan starts (and renews) on subscription.paid")
@@ -380,7 +384,21 @@ fn creem_subscription_paid(
         .or_else(|| u64_at(object, &["product", "price"]))
         .and_then(cents)
         .unwrap_or(Usd::ZERO);
-    WebhookAction::Subscribe { account_id, plan, kind, amount_usd, payment_id }
+    let provider_subscription_id = creem_subscription_id(object);
+    WebhookAction::Subscribe { account_id, plan, kind, amount_usd, payment_id, provider_subscription_id }
+}
+
+/// The Creem subscription an event's object is (`"object": "subscription"`,
+/// its `id`) or names (`subscription`, an id or the expanded object).
+/// Only an id of `A-Z a-z 0-9 _ -` (Creem's are `sub_…`) is kept: it goes
+/// into the path of the cancel call.
+fn creem_subscription_id(object: &Value) -> Option<String> {
+    let id = if object.get("object").and_then(Value::as_str) == Some("subscription") {
+        str_at(object, &["id"]).map(str::to_string)
+    } else {
+        ref_id(object, "subscription")
+    };
+    id.filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
 }
 
 fn creem_refund(object: &Value) -> WebhookAction {

@@ -32,7 +32,10 @@ use jiff::tz::TimeZone;
 
 pub use batch::{PortionRef, UsageBatch, UsageFields, UsageRow};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use outbox::{AttemptResult, Delivery, DeliveryFilter, DeliveryStatus, DueDelivery, Endpoint, EndpointUpdate};
+pub use outbox::{
+    AttemptResult, CancelMode, Delivery, DeliveryFilter, DeliveryStatus, DueDelivery, Endpoint, EndpointUpdate,
+    ProviderAction, ProviderCall, ProviderCallFilter,
+};
 pub use payments::{
     Payment, PaymentKind, WebhookAction, WebhookEvent, WebhookEventFilter, WebhookEventIn, WebhookStatus,
 };
@@ -374,6 +377,22 @@ pub enum Command {
     RetryDelivery {
         id: String,
     },
+    // Provider calls (`outbox::ProviderCall`, `sql/provider_calls.rs`).
+    /// Takes up to `limit` due provider calls, each made due again only
+    /// after `lease_seconds`.
+    ClaimProviderCalls {
+        limit: u32,
+        lease_seconds: u32,
+    },
+    /// Records one attempt of a provider call.
+    RecordProviderCall {
+        id: String,
+        result: AttemptResult,
+    },
+    /// Makes a provider call due now, whatever its status.
+    RetryProviderCall {
+        id: String,
+    },
 }
 
 impl Command {
@@ -418,7 +437,10 @@ impl Command {
             | Command::SyncConfigEndpoints { .. }
             | Command::ClaimDeliveries { .. }
             | Command::RecordAttempt { .. }
-            | Command::RetryDelivery { .. } => None,
+            | Command::RetryDelivery { .. }
+            | Command::ClaimProviderCalls { .. }
+            | Command::RecordProviderCall { .. }
+            | Command::RetryProviderCall { .. } => None,
         }
     }
 }
@@ -479,6 +501,8 @@ pub enum Reply {
     Endpoints(Vec<Endpoint>),
     Claimed(Vec<DueDelivery>),
     Delivery(Delivery),
+    ProviderCalls(Vec<ProviderCall>),
+    ProviderCall(ProviderCall),
     /// What a start did with each configured model and plan.
     ConfigApplied(ConfigOutcome),
 }
@@ -924,6 +948,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deliveries newest first.
     async fn deliveries(&self, filter: DeliveryFilter, page: Page) -> Result<Paged<Delivery>, StoreError>;
     async fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
+
+    /// Provider calls newest first.
+    async fn provider_calls(&self, filter: ProviderCallFilter, page: Page) -> Result<Paged<ProviderCall>, StoreError>;
+    async fn provider_call(&self, id: &str) -> Result<Option<ProviderCall>, StoreError>;
+    /// How many provider calls there are of each status.
+    async fn provider_call_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError>;
 
     /// Checks every invariant of `semantics.md` §10 over the whole database.
     async fn audit(&self) -> Result<AuditReport, StoreError>;

@@ -1,3 +1,7 @@
+//! The outboxes: what creditd must tell other systems, written in the
+//! transaction of the change that needs it and sent afterwards until it is
+//! accepted, so that a crash or an outage loses none of it.
+//!
 //! Outgoing webhooks (`docs/webhooks.md`): the operator's endpoints, and the
 //! deliveries of the outbox's events to them.
 //!
@@ -68,6 +72,7 @@ pub struct EndpointUpdate {
     pub enabled: Option<bool>,
 }
 
+/// Where an outbox item (a webhook delivery, a provider call) stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeliveryStatus {
     /// Not yet delivered; due at `next_attempt_at`.
@@ -78,6 +83,8 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] = [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Failed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Pending => "pending",
@@ -141,6 +148,79 @@ pub struct DeliveryFilter {
     pub endpoint_id: Option<String>,
     pub event_id: Option<String>,
     pub status: Option<DeliveryStatus>,
+}
+
+/// A call creditd owes a payment provider's API (`docs/dashboard.md`
+/// §Provider calls): written in the savepoint of the change that needs it
+/// (a switch away from a subscription paid at Creem, a cancel), then sent
+/// by the server's provider-call worker with the webhook deliveries'
+/// back-off until the provider accepts it (a 2xx answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderCall {
+    pub id: String,
+    /// `creem`.
+    pub provider: String,
+    pub action: ProviderAction,
+    /// The account whose change needs the call.
+    pub account_id: String,
+    /// creditd's subscription the call is about.
+    pub subscription_id: Option<String>,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_attempt_at: Option<Timestamp>,
+    /// The HTTP status of the last answer, if there was one.
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// What a provider call asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderAction {
+    /// Cancel the provider's subscription (Creem: `POST
+    /// /v1/subscriptions/{id}/cancel {"mode"}`).
+    CancelSubscription { provider_subscription_id: String, mode: CancelMode },
+}
+
+impl ProviderAction {
+    /// The action's name (`cancel_subscription`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderAction::CancelSubscription { .. } => "cancel_subscription",
+        }
+    }
+}
+
+/// How a subscription is cancelled at the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CancelMode {
+    /// Now: creditd ended it (a switch replaced it, or it had lapsed).
+    Immediate,
+    /// At the end of the period paid for: no renewal (`cancel_at_period_end`).
+    Scheduled,
+}
+
+impl CancelMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelMode::Immediate => "immediate",
+            CancelMode::Scheduled => "scheduled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [CancelMode::Immediate, CancelMode::Scheduled].into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+/// Which provider calls a list shows; every field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderCallFilter {
+    pub status: Option<DeliveryStatus>,
+    pub account_id: Option<String>,
 }
 
 #[cfg(test)]

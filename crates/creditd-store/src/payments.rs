@@ -54,6 +54,9 @@ pub struct Payment {
     /// The grants it created: the pack's grant, or the period's pools.
     pub grant_ids: Vec<String>,
     pub subscription_id: Option<String>,
+    /// The provider's subscription the payment was a charge of (Creem's
+    /// `sub_…`), for a plan payment that came through one.
+    pub provider_subscription_id: Option<String>,
     /// Credits reversed by refunds so far.
     pub refunded_credits: Credits,
     /// Credits the payment later put in the wallet: the proration credit of
@@ -129,10 +132,22 @@ pub enum WebhookAction {
     Pack { account_id: String, credits: Credits, amount_usd: Usd, payment_id: String },
     /// A paid plan period, once per `(provider, payment_id)`: renews the
     /// account's live monthly subscription when it is to this plan,
-    /// otherwise starts (or switches to) the plan.
-    Subscribe { account_id: String, plan: String, kind: SubscriptionKind, amount_usd: Usd, payment_id: String },
-    /// Cancel at period end.
-    CancelSubscription { account_id: String },
+    /// otherwise starts (or switches to) the plan. `provider_subscription_id`
+    /// is the provider's subscription the payment belongs to (Creem's
+    /// `sub_…`; none for a pass), recorded with the payment: a switch away
+    /// from it, or a cancel made in creditd, is a call to cancel it there.
+    Subscribe {
+        account_id: String,
+        plan: String,
+        kind: SubscriptionKind,
+        amount_usd: Usd,
+        payment_id: String,
+        provider_subscription_id: Option<String>,
+    },
+    /// Cancel at period end. With `provider_subscription_id`, only when that
+    /// is the subscription the account's live one was last paid through (the
+    /// provider tells of a subscription a switch replaced, too).
+    CancelSubscription { account_id: String, provider_subscription_id: Option<String> },
     /// Refunds the first of `payment_ids` that creditd recorded (a refund
     /// names its payment in several ways), once per `refund_id`.
     Refund { refund_id: String, payment_ids: Vec<String>, share: RefundShare, reason: Option<String> },

@@ -123,9 +123,27 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .collect(),
         },
     };
+    let creem_api = server_config.dashboard.creem.clone();
     let app = App::new(store.clone(), clock, test_clock, server_config);
     // Events committed before a crash are still pending: the worker sends them.
     let worker = creditd_server::delivery::spawn(store.clone(), delivery);
+    // Provider calls too (Creem's subscription cancels); without an API key
+    // they wait, pending, until one is configured.
+    let calls_worker = match creem_api {
+        Some(api) => {
+            let config = creditd_server::provider_calls::ProviderCallConfig::new(api);
+            Some(creditd_server::provider_calls::spawn(store.clone(), config))
+        }
+        None => {
+            if config.payments.creem.webhook_secret.is_some() {
+                tracing::warn!(
+                    "payments.creem.api_key is not set: creditd cannot cancel Creem subscriptions it replaces or \
+                     that are cancelled in creditd; the calls wait as pending provider calls (GET /v1/provider-calls)"
+                );
+            }
+            None
+        }
+    };
     let mut router = app.router();
     if let Some(proxy) = proxy(&config, &app)? {
         router = router.merge(proxy.router());
@@ -180,6 +198,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     signals.abort();
     // An attempt cut short here is sent again after its lease (at least once).
     worker.abort();
+    if let Some(w) = calls_worker {
+        w.abort();
+    }
 
     // Every acknowledged write is already committed (acknowledged means
     // durable). Drop the API first, then the last handle on the store: its

@@ -10,6 +10,7 @@ mod metering;
 mod models;
 mod ops;
 mod plans;
+mod provider_calls;
 mod proxy_keys;
 mod subscriptions;
 pub(crate) mod usage;
@@ -100,6 +101,9 @@ pub fn table() -> Vec<RouteDef> {
         route("GET", "/v1/webhook-deliveries/{id}", get(endpoints::delivery)),
         route("POST", "/v1/webhook-deliveries/{id}/retry", post(endpoints::retry)),
         route("POST", "/webhooks/nowpayments", post(webhooks::nowpayments)),
+        route("GET", "/v1/provider-calls", get(provider_calls::list)),
+        route("GET", "/v1/provider-calls/{id}", get(provider_calls::get)),
+        route("POST", "/v1/provider-calls/{id}/retry", post(provider_calls::retry)),
         route("POST", "/v1/accounts/{id}/proxy-keys", post(proxy_keys::create)),
         route("GET", "/v1/accounts/{id}/proxy-keys", get(proxy_keys::list)),
         route("DELETE", "/v1/accounts/{id}/proxy-keys/{key}", delete(proxy_keys::revoke)),

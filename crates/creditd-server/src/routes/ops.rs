@@ -37,8 +37,18 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
     Err(error)
 }
 
-pub async fn metrics() -> Response {
-    let mut response = crate::metrics::render().into_response();
+/// The recorder's metrics, and the provider calls by status, counted in
+/// the store now (left out when the store does not answer within two
+/// seconds: `/metrics` answers whatever the database does).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = crate::metrics::render();
+    let counts = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.provider_call_counts()).await;
+    match counts {
+        Ok(Ok(counts)) => crate::metrics::provider_calls(&mut text, &counts),
+        Ok(Err(e)) => tracing::debug!(error = %e, "metrics: provider calls not counted"),
+        Err(_) => tracing::debug!("metrics: provider calls not counted in time"),
+    }
+    let mut response = text.into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

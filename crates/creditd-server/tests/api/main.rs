@@ -17,6 +17,7 @@ mod metering;
 mod models;
 mod ops;
 mod outgoing;
+mod provider_calls;
 mod standin;
 mod subscriptions;
 mod usage;

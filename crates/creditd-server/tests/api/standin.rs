@@ -65,6 +65,17 @@ impl StandIn {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The cancel calls it received: (Creem subscription id, body).
+    pub fn cancels(&self) -> Vec<(String, Seen)> {
+        self.seen()
+            .into_iter()
+            .filter_map(|s| {
+                let id = s.path.strip_prefix("/v1/subscriptions/")?.strip_suffix("/cancel")?.to_string();
+                Some((id, s))
+            })
+            .collect()
+    }
+
     /// From now on, answer `500` (an outage) or answer again.
     pub fn fail(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);

@@ -29,6 +29,7 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// A stored admin key (made by `ensure_admin_key`).
     pub admin: String,
+    config: ServerConfig,
     /// Declared last, so dropped last: after the router and the store.
     _home: StoreHome,
 }
@@ -123,8 +124,40 @@ impl Api {
         let clock = Arc::new(ManualClock::new(start.parse().unwrap()));
         let (store, home) = open_store(config.engine.clone(), clock.clone());
         let admin = creditd_server::ensure_admin_key(store.as_ref(), None).await.unwrap().expect("a new admin key");
-        let app = App::new(store.clone(), clock.clone(), test_clock.then(|| clock.clone()), config);
-        Api { router: app.router(), clock, store, admin, _home: home }
+        let app = App::new(store.clone(), clock.clone(), test_clock.then(|| clock.clone()), config.clone());
+        Api { router: app.router(), clock, store, admin, config, _home: home }
+    }
+
+    /// The process stops and starts again: the router and the store are
+    /// dropped (the writer finishes and closes its connection), and a new
+    /// store opens the same database. Only what was committed survives.
+    pub async fn restart(self) -> Api {
+        let Api { router, clock, store, admin, config, _home: home } = self;
+        drop(router);
+        // A task spawned off a request's path (a key's last use) may hold it a moment.
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&store) > 1 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "something still holds the store");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(store);
+        let store: Arc<dyn Store> = match &home {
+            StoreHome::Sqlite(dir) => Arc::new(
+                SqliteStore::open(
+                    &dir.path().join("creditd.db"),
+                    config.engine.clone(),
+                    WriterLimits::default(),
+                    clock.clone(),
+                )
+                .expect("reopening the SQLite store"),
+            ),
+            StoreHome::Postgres(db) => Arc::new(
+                PgStore::connect(db.url(), config.engine.clone(), WriterLimits::default(), clock.clone())
+                    .expect("reconnecting the PostgreSQL store"),
+            ),
+        };
+        let app = App::new(store.clone(), clock.clone(), Some(clock.clone()), config.clone());
+        Api { router: app.router(), clock, store, admin, config, _home: home }
     }
 
     /// The directory of the SQLite database files (None on PostgreSQL).

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, V8_OUTGOING_WEBHOOKS),
     (9, V9_KEY_LAST_USED),
     (10, V10_LOW_CREDIT_MARKS),
+    (11, V11_PROVIDER_CALLS),
 ];
 
 const V1: &str = r#"
@@ -436,6 +437,35 @@ ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT;
 /// Low-credit marks: as SQLite's V12.
 const V10_LOW_CREDIT_MARKS: &str = r#"
 ALTER TABLE accounts ADD COLUMN low_marks TEXT COLLATE "C" NOT NULL DEFAULT '';
+"#;
+
+/// Calls owed to a payment provider's API, and the provider's subscription
+/// of a plan payment (SQLite V13).
+const V11_PROVIDER_CALLS: &str = r#"
+ALTER TABLE payments ADD COLUMN provider_subscription_id TEXT COLLATE "C";
+
+CREATE TABLE provider_calls (
+    seq                      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                       TEXT COLLATE "C" NOT NULL UNIQUE,
+    provider                 TEXT COLLATE "C" NOT NULL,
+    action                   TEXT COLLATE "C" NOT NULL,
+    provider_subscription_id TEXT COLLATE "C" NOT NULL,
+    mode                     TEXT COLLATE "C" NOT NULL,
+    account_id               TEXT COLLATE "C" NOT NULL,
+    subscription_id          TEXT COLLATE "C",
+    status                   TEXT COLLATE "C" NOT NULL,
+    attempts                 BIGINT NOT NULL,
+    next_attempt_at          BIGINT NOT NULL,
+    give_up_at               BIGINT NOT NULL,
+    last_attempt_at          BIGINT,
+    last_status              BIGINT,
+    last_error               TEXT COLLATE "C",
+    created_at               BIGINT NOT NULL,
+    delivered_at             BIGINT
+);
+CREATE INDEX provider_calls_due ON provider_calls(next_attempt_at) WHERE status = 'pending';
+CREATE INDEX provider_calls_by_status ON provider_calls(status, seq);
+CREATE INDEX provider_calls_by_account ON provider_calls(account_id, seq);
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

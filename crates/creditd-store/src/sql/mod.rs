@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod outbox;
 pub mod payments;
+pub mod provider_calls;
 pub mod reader;
 pub mod rows;
 pub mod sessions;

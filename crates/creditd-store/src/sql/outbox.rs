@@ -134,7 +134,7 @@ pub fn write_events(conn: &dyn Db, events: &[Event]) -> Result<(), StoreError> {
         })?;
     for e in events {
         let at = codec::micros(codec::truncate(e.at));
-        let give_up = codec::micros(creditd_core::calendar::later(codec::truncate(e.at), GIVE_UP_AFTER));
+        let give_up = give_up_at(e.at);
         conn.write(
             "INSERT INTO outbox_events (id, type, account_id, occurred_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![e.id, e.kind.as_str(), e.account_id, at, encode_data(&e.data)],
@@ -321,15 +321,9 @@ pub fn claim(conn: &dyn Db, now: Timestamp, limit: u32, lease_seconds: u32) -> R
         params![now_us, i64::from(limit)],
         |row| row.get::<String>(0),
     )?;
-    let lease = now_us.saturating_add(i64::from(lease_seconds) * 1_000_000);
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let taken = conn.execute(
-            "UPDATE webhook_deliveries SET next_attempt_at = ?2
-              WHERE id = ?1 AND status = 'pending' AND next_attempt_at <= ?3",
-            params![id, lease, now_us],
-        )?;
-        if taken == 0 {
+        if !take(conn, DELIVERIES, &id, now, lease_seconds)? {
             continue;
         }
         let found = conn.query_opt(
@@ -360,16 +354,72 @@ pub fn claim(conn: &dyn Db, now: Timestamp, limit: u32, lease_seconds: u32) -> R
 /// the event was written.
 pub fn record_attempt(conn: &dyn Db, id: &str, result: &AttemptResult, now: Timestamp) -> Result<Delivery, StoreError> {
     let d = delivery_by_id(conn, id)?.ok_or_else(|| Refusal::NotFound(format!("webhook delivery {id:?}")))?;
-    let give_up = conn
-        .query_one("SELECT give_up_at FROM webhook_deliveries WHERE id = ?1", params![id], |row| row.get::<i64>(0))?;
-    let attempts = d.attempts.saturating_add(1);
+    write_attempt(conn, DELIVERIES, id, d.attempts, result, now)?;
+    delivery_by_id(conn, id)?.ok_or_else(|| StoreError::Internal(format!("delivery {id:?} vanished")))
+}
+
+/// Makes a delivery due now. Its attempts keep counting; its three days
+/// start again from now, so a retried delivery is not given up at once.
+pub fn retry(conn: &dyn Db, id: &str, now: Timestamp) -> Result<Delivery, StoreError> {
+    if delivery_by_id(conn, id)?.is_none() {
+        return Err(Refusal::NotFound(format!("webhook delivery {id:?}")).into());
+    }
+    make_due(conn, DELIVERIES, id, now)?;
+    delivery_by_id(conn, id)?.ok_or_else(|| StoreError::Internal(format!("delivery {id:?} vanished")))
+}
+
+// ---------------------------------------------------------------------------
+// What every outbox's rows share (webhook deliveries, provider calls): a
+// status, the attempts, when the next one is due and when to give up, the
+// last answer. `table` is one of the outboxes' tables, never input.
+
+pub(super) const DELIVERIES: &str = "webhook_deliveries";
+
+/// Takes a due row for a worker: it is made due again at `now + lease`, in
+/// case the worker never reports back. Re-checks that the row is still due,
+/// so that a worker of another instance that took it first (PostgreSQL)
+/// keeps it. `false`: taken by another.
+pub(super) fn take(
+    conn: &dyn Db,
+    table: &str,
+    id: &str,
+    now: Timestamp,
+    lease_seconds: u32,
+) -> Result<bool, StoreError> {
+    let now_us = codec::micros(now);
+    let lease = now_us.saturating_add(i64::from(lease_seconds) * 1_000_000);
+    let taken = conn.execute(
+        &format!(
+            "UPDATE {table} SET next_attempt_at = ?2 WHERE id = ?1 AND status = 'pending' AND next_attempt_at <= ?3"
+        ),
+        params![id, lease, now_us],
+    )?;
+    Ok(taken > 0)
+}
+
+/// Writes one attempt of a row that had `attempts` before it: delivered, or
+/// due again after the back-off, or `failed` once that would be later than
+/// its `give_up_at`.
+pub(super) fn write_attempt(
+    conn: &dyn Db,
+    table: &str,
+    id: &str,
+    attempts: u32,
+    result: &AttemptResult,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let give_up =
+        conn.query_one(&format!("SELECT give_up_at FROM {table} WHERE id = ?1"), params![id], |row| row.get::<i64>(0))?;
+    let attempts = attempts.saturating_add(1);
     let now_us = codec::micros(now);
     match result {
         AttemptResult::Delivered { status } => conn.write(
-            "UPDATE webhook_deliveries SET status = 'delivered', attempts = ?2, last_attempt_at = ?3,
-                    last_status = ?4, last_error = NULL, delivered_at = ?3 WHERE id = ?1",
+            &format!(
+                "UPDATE {table} SET status = 'delivered', attempts = ?2, last_attempt_at = ?3,
+                        last_status = ?4, last_error = NULL, delivered_at = ?3 WHERE id = ?1"
+            ),
             params![id, i64::from(attempts), now_us, i64::from(*status)],
-        )?,
+        ),
         AttemptResult::Failed { status, error } => {
             let next = codec::truncate(creditd_core::calendar::later(now, backoff(attempts)));
             let status_text = if codec::micros(next) > give_up { "failed" } else { "pending" };
@@ -382,8 +432,10 @@ pub fn record_attempt(conn: &dyn Db, id: &str, result: &AttemptResult, now: Time
                 error.truncate(cut);
             }
             conn.write(
-                "UPDATE webhook_deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_attempt_at = ?5,
-                        last_status = ?6, last_error = ?7 WHERE id = ?1",
+                &format!(
+                    "UPDATE {table} SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_attempt_at = ?5,
+                            last_status = ?6, last_error = ?7 WHERE id = ?1"
+                ),
                 params![
                     id,
                     status_text,
@@ -393,24 +445,24 @@ pub fn record_attempt(conn: &dyn Db, id: &str, result: &AttemptResult, now: Time
                     status.map(i64::from),
                     error
                 ],
-            )?
+            )
         }
     }
-    delivery_by_id(conn, id)?.ok_or_else(|| StoreError::Internal(format!("delivery {id:?} vanished")))
 }
 
-/// Makes a delivery due now. Its attempts keep counting; its three days
-/// start again from now, so a retried delivery is not given up at once.
-pub fn retry(conn: &dyn Db, id: &str, now: Timestamp) -> Result<Delivery, StoreError> {
-    if delivery_by_id(conn, id)?.is_none() {
-        return Err(Refusal::NotFound(format!("webhook delivery {id:?}")).into());
-    }
+/// Makes a row due now, pending whatever its status; its three days start
+/// again from now.
+pub(super) fn make_due(conn: &dyn Db, table: &str, id: &str, now: Timestamp) -> Result<(), StoreError> {
     let now_us = codec::micros(now);
     conn.write(
-        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?2, give_up_at = ?3 WHERE id = ?1",
+        &format!("UPDATE {table} SET status = 'pending', next_attempt_at = ?2, give_up_at = ?3 WHERE id = ?1"),
         params![id, now_us, codec::micros(creditd_core::calendar::later(now, GIVE_UP_AFTER))],
-    )?;
-    delivery_by_id(conn, id)?.ok_or_else(|| StoreError::Internal(format!("delivery {id:?} vanished")))
+    )
+}
+
+/// When a row written at `at` is given up: [`GIVE_UP_AFTER`] later.
+pub(super) fn give_up_at(at: Timestamp) -> i64 {
+    codec::micros(creditd_core::calendar::later(codec::truncate(at), GIVE_UP_AFTER))
 }
 
 #[cfg(test)]

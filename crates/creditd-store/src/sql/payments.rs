@@ -23,7 +23,7 @@ fn decode_ids(text: &str) -> Vec<String> {
 }
 
 pub const PAYMENT_COLUMNS: &str = "provider, external_id, account_id, kind, amount_usd, credits, grant_ids, \
-     subscription_id, refunded_credits, created_at, prorated_credits";
+     subscription_id, refunded_credits, created_at, prorated_credits, provider_subscription_id";
 
 pub fn payment(row: &dyn Row) -> Result<Payment, StoreError> {
     let kind = row.str(3)?;
@@ -39,6 +39,7 @@ pub fn payment(row: &dyn Row) -> Result<Payment, StoreError> {
         refunded_credits: Credits::from_units(row.get(8)?),
         created_at: ts(row, 9)?,
         prorated_credits: Credits::from_units(row.get(10)?),
+        provider_subscription_id: row.get(11)?,
     })
 }
 
@@ -52,7 +53,7 @@ pub fn payment_by_id(conn: &dyn Db, provider: &str, external_id: &str) -> Result
 
 pub fn insert_payment(conn: &dyn Db, p: &Payment) -> Result<(), StoreError> {
     conn.write(
-        &format!("INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!("INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             p.provider,
             p.external_id,
@@ -65,7 +66,24 @@ pub fn insert_payment(conn: &dyn Db, p: &Payment) -> Result<(), StoreError> {
             p.refunded_credits.units(),
             codec::micros(p.created_at),
             p.prorated_credits.units(),
+            p.provider_subscription_id,
         ],
+    )
+}
+
+/// The provider and provider's subscription that `subscription_id` was last
+/// paid through (its latest payment that names one), if any.
+pub fn provider_subscription(
+    conn: &dyn Db,
+    account_id: &str,
+    subscription_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    conn.query_opt(
+        "SELECT provider, provider_subscription_id FROM payments
+          WHERE account_id = ?1 AND subscription_id = ?2 AND provider_subscription_id IS NOT NULL
+          ORDER BY seq DESC LIMIT 1",
+        params![account_id, subscription_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
     )
 }
 

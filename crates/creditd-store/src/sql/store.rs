@@ -19,7 +19,7 @@ use creditd_core::subscription::Subscription;
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Job, Stats, Writer};
-use super::{Db, DbExt, WriterDb, outbox, payments, reader, rows, snapshot, usage};
+use super::{Db, DbExt, WriterDb, outbox, payments, provider_calls, reader, rows, snapshot, usage};
 use crate::{
     AccountRow, AccountToken, ApiKey, AuditReport, Clock, Command, EngineConfig, ExportEncoder, ExportSink, GroupBy,
     Idempotent, LedgerFilter, ModelVersion, Page, Paged, Reply, Store, StoreError, StoreHealth, StoredAccount,
@@ -564,6 +564,23 @@ impl<C: Db + Send + 'static> Store for SqlStore<C> {
     async fn delivery(&self, id: &str) -> Result<Option<crate::Delivery>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| outbox::delivery_by_id(conn, &id)).await
+    }
+
+    async fn provider_calls(
+        &self,
+        filter: crate::ProviderCallFilter,
+        page: Page,
+    ) -> Result<Paged<crate::ProviderCall>, StoreError> {
+        self.read(move |conn| provider_calls::calls(conn, &filter, &page)).await
+    }
+
+    async fn provider_call(&self, id: &str) -> Result<Option<crate::ProviderCall>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| provider_calls::call_by_id(conn, &id)).await
+    }
+
+    async fn provider_call_counts(&self) -> Result<Vec<(crate::DeliveryStatus, u64)>, StoreError> {
+        self.read(|conn| provider_calls::counts(conn)).await
     }
 
     async fn audit(&self) -> Result<AuditReport, StoreError> {

@@ -25,14 +25,14 @@ use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, truncate};
-use super::{Db, DbExt, WriterDb, outbox, params, rows};
+use super::{Db, DbExt, WriterDb, outbox, params, payments, provider_calls, rows};
 
 mod config;
 mod imports;
 mod webhooks;
 use crate::{
-    AccountRow, Clock, Command, EngineConfig, Idempotent, ModelVersion, Reply, StoreError, StoredResponse,
-    WebhookAction, WriterLimits,
+    AccountRow, CancelMode, Clock, Command, EngineConfig, Idempotent, ModelVersion, ProviderAction, Reply, StoreError,
+    StoredResponse, WebhookAction, WriterLimits,
 };
 
 /// One command on its way to the writer.
@@ -419,7 +419,7 @@ impl<C: WriterDb> Writer<C> {
                     WebhookAction::Topup { account_id, .. }
                     | WebhookAction::Pack { account_id, .. }
                     | WebhookAction::Subscribe { account_id, .. }
-                    | WebhookAction::CancelSubscription { account_id } => accounts.push(account_id.clone()),
+                    | WebhookAction::CancelSubscription { account_id, .. } => accounts.push(account_id.clone()),
                     WebhookAction::Refund { payment_ids, .. } => {
                         // A payment's account never changes: looked up
                         // before the batch, it is locked with the others.
@@ -716,6 +716,7 @@ impl<C: WriterDb> Writer<C> {
         renew: bool,
     ) -> Result<(Reply, Pending), StoreError> {
         let state = self.cached_state(account_id, background)?;
+        let cancelled_before = state.subscription.as_ref().filter(|s| s.cancel_at_period_end).map(|s| s.id.clone());
         // Tells "never subscribed" from "expired" when no subscription is live.
         let last = rows::latest_subscription(&self.conn, account_id)?;
         let (subscription, state) = run_op(&self.conn, state, self.now(), self.ctx(), |tx| {
@@ -725,8 +726,24 @@ impl<C: WriterDb> Writer<C> {
                 engine::cancel_subscription(tx, last.as_ref())
             }
         })?;
+        if !renew && cancelled_before.as_deref() != Some(subscription.id.as_str()) {
+            self.cancel_at_provider(&subscription)?;
+        }
         let change = engine::SubscriptionChange { subscription, previous: None, proration: None };
         Ok((Reply::Subscription(change), Pending::Account { state, background }))
+    }
+
+    /// A cancel made in creditd (API, dashboard) of a subscription paid
+    /// through a provider's subscription: a provider call, in this
+    /// savepoint, cancels that one at its period end (`scheduled`), or now
+    /// when creditd's ended now (it was past due).
+    fn cancel_at_provider(&self, sub: &creditd_core::subscription::Subscription) -> Result<(), StoreError> {
+        let Some((provider, id)) = payments::provider_subscription(&self.conn, &sub.account_id, &sub.id)? else {
+            return Ok(());
+        };
+        let mode = if sub.status.is_live() { CancelMode::Scheduled } else { CancelMode::Immediate };
+        let action = ProviderAction::CancelSubscription { provider_subscription_id: id, mode };
+        provider_calls::enqueue(&self.conn, &provider, &action, &sub.account_id, Some(&sub.id), self.now())
     }
 
     fn apply(&mut self, command: Command, background: bool) -> Result<(Reply, Pending), StoreError> {
@@ -1012,6 +1029,7 @@ impl<C: WriterDb> Writer<C> {
                 let (change, state) =
                     run_op(&self.conn, state, self.now(), self.ctx(), |tx| engine::start_subscription(tx, input))?;
                 self.link_proration(&account_id, &change)?;
+                self.cancel_replaced(&account_id, &change, None)?;
                 Ok((Reply::Subscription(change), account(state)))
             }
             Command::RenewSubscription { account_id } => self.renew_or_cancel(&account_id, background, true),
@@ -1060,6 +1078,17 @@ impl<C: WriterDb> Writer<C> {
             }
             Command::RetryDelivery { id } => {
                 Ok((Reply::Delivery(outbox::retry(&self.conn, &id, self.now())?), Pending::Nothing))
+            }
+            Command::ClaimProviderCalls { limit, lease_seconds } => {
+                let claimed = provider_calls::claim(&self.conn, self.now(), limit, lease_seconds)?;
+                Ok((Reply::ProviderCalls(claimed), Pending::Nothing))
+            }
+            Command::RecordProviderCall { id, result } => {
+                let call = provider_calls::record_attempt(&self.conn, &id, &result, self.now())?;
+                Ok((Reply::ProviderCall(call), Pending::Nothing))
+            }
+            Command::RetryProviderCall { id } => {
+                Ok((Reply::ProviderCall(provider_calls::retry(&self.conn, &id, self.now())?), Pending::Nothing))
             }
         }
     }

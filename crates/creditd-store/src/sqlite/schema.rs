@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, V10_OUTGOING_WEBHOOKS),
     (11, V11_KEY_LAST_USED),
     (12, V12_LOW_CREDIT_MARKS),
+    (13, V13_PROVIDER_CALLS),
 ];
 
 const V1: &str = r#"
@@ -427,6 +428,40 @@ ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
 /// `docs/webhooks.md`), part of its hot state (`codec::encode_low_marks`).
 const V12_LOW_CREDIT_MARKS: &str = r#"
 ALTER TABLE accounts ADD COLUMN low_marks TEXT NOT NULL DEFAULT '';
+"#;
+
+/// Calls owed to a payment provider's API (`outbox::ProviderCall`,
+/// `docs/dashboard.md`): written in the transaction of the change that needs
+/// them and sent until the provider accepts, with the back-off of webhook
+/// deliveries. `provider_subscription_id` of a payment is the provider's
+/// subscription it was a charge of (Creem's `sub_…`), which a switch away
+/// from the subscription, or a cancel made in creditd, cancels there.
+const V13_PROVIDER_CALLS: &str = r#"
+ALTER TABLE payments ADD COLUMN provider_subscription_id TEXT;
+
+CREATE TABLE provider_calls (
+    seq                      INTEGER PRIMARY KEY,
+    id                       TEXT NOT NULL UNIQUE,
+    provider                 TEXT NOT NULL,
+    action                   TEXT NOT NULL,
+    provider_subscription_id TEXT NOT NULL,
+    mode                     TEXT NOT NULL,
+    account_id               TEXT NOT NULL,
+    subscription_id          TEXT,
+    status                   TEXT NOT NULL,
+    attempts                 INTEGER NOT NULL,
+    next_attempt_at          INTEGER NOT NULL,
+    give_up_at               INTEGER NOT NULL,
+    last_attempt_at          INTEGER,
+    last_status              INTEGER,
+    last_error               TEXT,
+    created_at               INTEGER NOT NULL,
+    delivered_at             INTEGER
+);
+-- The worker's question: what is due now?
+CREATE INDEX provider_calls_due ON provider_calls(next_attempt_at) WHERE status = 'pending';
+CREATE INDEX provider_calls_by_status ON provider_calls(status, seq);
+CREATE INDEX provider_calls_by_account ON provider_calls(account_id, seq);
 "#;
 
 /// The newest schema version this build knows.

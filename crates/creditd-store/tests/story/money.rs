@@ -77,6 +77,7 @@ impl Shop<'_> {
             kind: SubscriptionKind::Monthly,
             amount_usd: Usd::whole(10),
             payment_id: payment.into(),
+            provider_subscription_id: None,
         };
         self.event(account, action).await
     }
@@ -179,7 +180,12 @@ pub async fn money(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
     assert_eq!((p.credit_usd, p.credited), (Usd::whole(9), cr(900)));
 
     // 5. Cancel, then pay again for the same plan: the payment resumes it.
-    assert_eq!(shop.event("a5", WebhookAction::CancelSubscription { account_id: "a5".into() }).await.0, Applied);
+    assert_eq!(
+        shop.event("a5", WebhookAction::CancelSubscription { account_id: "a5".into(), provider_subscription_id: None })
+            .await
+            .0,
+        Applied
+    );
     let (status, reason) = shop.paid("a5", "starter", "x2").await;
     assert_eq!(status, Applied, "{reason:?}");
     let sub = s.subscription("a5").await.expect("read").expect("sub");

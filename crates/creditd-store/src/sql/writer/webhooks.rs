@@ -19,12 +19,13 @@ use creditd_core::subscription::{Subscription, SubscriptionKind};
 use creditd_core::units::{Credits, Usd};
 
 use super::{Pending, Writer, new_id, run_op};
-use crate::sql::outbox;
 use crate::sql::payments::{self as rows, RefundRow};
 use crate::sql::rows as core_rows;
 use crate::sql::{DbExt, WriterDb, params};
+use crate::sql::{outbox, provider_calls};
 use crate::{
-    Command, Payment, PaymentKind, Reply, StoreError, WebhookAction, WebhookEvent, WebhookEventIn, WebhookStatus,
+    CancelMode, Command, Payment, PaymentKind, ProviderAction, Reply, StoreError, WebhookAction, WebhookEvent,
+    WebhookEventIn, WebhookStatus,
 };
 
 /// What a webhook event came to.
@@ -53,16 +54,31 @@ pub(super) struct Added {
     credits: Credits,
     grant_ids: Vec<String>,
     subscription_id: Option<String>,
+    provider_subscription_id: Option<String>,
 }
 
 impl Added {
     pub(super) fn topup(amount_usd: Usd, credits: Credits) -> Added {
-        Added { kind: PaymentKind::Topup, amount_usd, credits, grant_ids: Vec::new(), subscription_id: None }
+        Added {
+            kind: PaymentKind::Topup,
+            amount_usd,
+            credits,
+            grant_ids: Vec::new(),
+            subscription_id: None,
+            provider_subscription_id: None,
+        }
     }
 
     pub(super) fn pack(amount_usd: Usd, grant: &Grant) -> Added {
         let grant_ids = vec![grant.id.clone()];
-        Added { kind: PaymentKind::Pack, amount_usd, credits: grant.amount, grant_ids, subscription_id: None }
+        Added {
+            kind: PaymentKind::Pack,
+            amount_usd,
+            credits: grant.amount,
+            grant_ids,
+            subscription_id: None,
+            provider_subscription_id: None,
+        }
     }
 }
 
@@ -110,6 +126,7 @@ impl<C: WriterDb> Writer<C> {
                 credits: added.credits,
                 grant_ids: added.grant_ids,
                 subscription_id: added.subscription_id,
+                provider_subscription_id: added.provider_subscription_id,
                 refunded_credits: Credits::ZERO,
                 prorated_credits: Credits::ZERO,
                 created_at: self.now(),
@@ -118,7 +135,9 @@ impl<C: WriterDb> Writer<C> {
     }
 
     /// A paid plan period: renews the account's live monthly subscription
-    /// to `plan`, otherwise starts (or switches to) `plan`.
+    /// to `plan`, otherwise starts (or switches to) `plan`. A switch away
+    /// from a subscription paid through another of the provider's
+    /// subscriptions cancels that one there (`cancel_replaced`).
     #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &mut self,
@@ -128,6 +147,7 @@ impl<C: WriterDb> Writer<C> {
         amount_usd: Usd,
         provider: &str,
         payment_id: &str,
+        provider_subscription_id: Option<String>,
         background: bool,
     ) -> Result<Pending, StoreError> {
         let state = self.cached_state(account_id, background)?;
@@ -151,12 +171,41 @@ impl<C: WriterDb> Writer<C> {
             }
         })?;
         self.link_proration(account_id, &change)?;
+        let paid_through = provider_subscription_id.as_deref().map(|id| (provider, id));
+        self.cancel_replaced(account_id, &change, paid_through)?;
         let sub = change.subscription;
         let (grant_ids, credits) = paid_period_pools(&sub, &self.book.plans);
-        let added =
-            Added { kind: PaymentKind::Subscription, amount_usd, credits, grant_ids, subscription_id: Some(sub.id) };
+        let added = Added {
+            kind: PaymentKind::Subscription,
+            amount_usd,
+            credits,
+            grant_ids,
+            subscription_id: Some(sub.id),
+            provider_subscription_id,
+        };
         self.record_payment(provider, payment_id, account_id, added)?;
         Ok(Pending::Account { state, background })
+    }
+
+    /// A change ended `change.previous` (a switch, or a start after it
+    /// lapsed): the provider's subscription it was last paid through is
+    /// cancelled there now, by a provider call written in this savepoint,
+    /// unless it is the one the new subscription is paid through (`paid_through`).
+    pub(super) fn cancel_replaced(
+        &self,
+        account_id: &str,
+        change: &SubscriptionChange,
+        paid_through: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        let Some(old) = &change.previous else { return Ok(()) };
+        let Some((provider, id)) = rows::provider_subscription(&self.conn, account_id, &old.id)? else {
+            return Ok(());
+        };
+        if paid_through == Some((provider.as_str(), id.as_str())) {
+            return Ok(());
+        }
+        let action = ProviderAction::CancelSubscription { provider_subscription_id: id, mode: CancelMode::Immediate };
+        provider_calls::enqueue(&self.conn, &provider, &action, account_id, Some(&old.id), self.now())
     }
 
     /// A switch put the old subscription's unused share (and any period it
@@ -180,12 +229,32 @@ impl<C: WriterDb> Writer<C> {
         Ok(())
     }
 
-    fn cancel(&mut self, account_id: &str, background: bool) -> Result<Pending, StoreError> {
+    /// The provider cancelled a subscription: creditd's stops renewing. A
+    /// cancel of another subscription than the one the account's latest
+    /// was paid through (one a switch replaced, which creditd cancelled
+    /// there itself) changes nothing.
+    fn cancel(
+        &mut self,
+        account_id: &str,
+        provider: &str,
+        provider_subscription_id: Option<&str>,
+        background: bool,
+    ) -> Result<Outcome, StoreError> {
         let state = self.cached_state(account_id, background)?;
         let last = core_rows::latest_subscription(&self.conn, account_id)?;
+        if let (Some(cancelled), Some(last)) = (provider_subscription_id, &last)
+            && let Some((paid_by, current)) = rows::provider_subscription(&self.conn, account_id, &last.id)?
+            && paid_by == provider
+            && current != cancelled
+        {
+            let reason = format!(
+                "subscription {cancelled:?} of {provider} is not the one the account's subscription is paid through ({current:?})"
+            );
+            return Ok(Outcome::Skipped { status: WebhookStatus::Ignored, reason });
+        }
         let (_, state) =
             run_op(&self.conn, state, self.now(), self.ctx(), |tx| engine::cancel_subscription(tx, last.as_ref()))?;
-        Ok(Pending::Account { state, background })
+        Ok(Outcome::Applied { pending: Pending::Account { state, background }, reason: None })
     }
 
     /// `payment.refunded`, in the savepoint of the refund.
@@ -332,7 +401,7 @@ impl<C: WriterDb> Writer<C> {
                 let (_, pending) = self.apply(command, background)?;
                 applied(pending)
             }
-            WebhookAction::Subscribe { account_id, plan, kind, amount_usd, payment_id } => {
+            WebhookAction::Subscribe { account_id, plan, kind, amount_usd, payment_id, provider_subscription_id } => {
                 found.external_id = Some(payment_id.clone());
                 if self.payment_exists(provider, &payment_id)? {
                     let reason = duplicate_payment(provider, &payment_id);
@@ -341,16 +410,23 @@ impl<C: WriterDb> Writer<C> {
                 if !self.account_exists(&account_id)? {
                     return Ok(unknown(&account_id));
                 }
-                let pending =
-                    self.subscribe(&account_id, &plan, kind, amount_usd, provider, &payment_id, background)?;
+                let pending = self.subscribe(
+                    &account_id,
+                    &plan,
+                    kind,
+                    amount_usd,
+                    provider,
+                    &payment_id,
+                    provider_subscription_id,
+                    background,
+                )?;
                 applied(pending)
             }
-            WebhookAction::CancelSubscription { account_id } => {
+            WebhookAction::CancelSubscription { account_id, provider_subscription_id } => {
                 if !self.account_exists(&account_id)? {
                     return Ok(unknown(&account_id));
                 }
-                let pending = self.cancel(&account_id, background)?;
-                applied(pending)
+                self.cancel(&account_id, provider, provider_subscription_id.as_deref(), background)
             }
             WebhookAction::Refund { refund_id, payment_ids, share, reason } => {
                 found.external_id = Some(refund_id.clone());
