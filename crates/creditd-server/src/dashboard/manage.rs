@@ -345,7 +345,7 @@ pub async fn switch_page(state: &AppState, session: &Session, query: &HashMap<St
             let _ = write!(
                 b,
                 "{}<input type=\"hidden\" name=\"product\" value=\"{}\"><input type=\"hidden\" name=\"confirm\" value=\"1\">\
-                 <button type=\"submit\" id=\"confirm-switch\">Pay and switch</button></form> <a href=\"/dashboard/manage\">Keep my plan</a>",
+                 <button type=\"submit\" id=\"confirm-switch\">Pay and switch</button> <a class=\"keep\" href=\"/dashboard/manage\">Keep my plan</a></form>",
                 form_open("/dashboard/manage/checkout", &session.csrf),
                 esc(&product_id)
             );

@@ -3,26 +3,48 @@
 //! backend `CREDITD_TEST_BACKEND` selects. Signs in with a token, checks the
 //! numbers against the API's, the currency picker, keyboard use, the chart,
 //! filters, paging, the export download, the credit record, signing out,
-//! and the pages with JavaScript off. Writes screenshots of every page at
-//! desktop and phone widths into `target/dashboard-screenshots/`.
+//! and the pages with JavaScript off. The Manage page against the Creem
+//! stand-in (`tests/api/standin.rs`): a top-up's checkout, its signed
+//! webhook and the new balance on reload; a plan switch's proration, its
+//! payment, and the old Creem subscription's cancel; a cancel at period
+//! end. Writes screenshots of every page at desktop and phone widths into
+//! `target/dashboard-screenshots/`.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`,
 //! `chromium-driver`; `scripts/test-deps` installs them). Without them the
 //! test is skipped with a message, except under `CI=true`, where it fails.
 
 #[allow(dead_code)]
+#[path = "../api/standin.rs"]
+mod standin;
+#[allow(dead_code)]
 #[path = "../api/support.rs"]
 mod support;
 mod webdriver;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use creditd_core::units::Factor;
-use serde_json::json;
+use creditd_core::subscription::SubscriptionKind;
+use creditd_core::units::{Credits, Factor, Usd};
+use creditd_server::dashboard::{ProductDisplay, ProviderApi};
+use creditd_server::payments::{CreemConfig, NowPaymentsConfig, PaymentsConfig, Product, WebhookSecret};
+use creditd_server::provider_calls::{self, ProviderCallConfig};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use standin::StandIn;
 use support::{Api, SONNET, config};
 use webdriver::Browser;
+
+/// One browser at a time: the tests take turns (two Chromiums on a small
+/// machine make each other's waits time out).
+async fn one_browser() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
 
 fn shots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -113,6 +135,7 @@ async fn the_dashboard_in_a_real_browser() {
     if !browser_available() {
         return;
     }
+    let _one = one_browser().await;
     let mut cfg = config();
     cfg.dashboard.currencies =
         vec![("EUR".into(), Factor::parse("0.92").unwrap()), ("GBP".into(), Factor::parse("0.79").unwrap())];
@@ -259,4 +282,204 @@ fn browse(api: &Api, base: &str, token: &str) {
     b.click(&b.find("#older"));
     b.wait_for("the older page", |b| b.url().contains("cursor="));
     shot(&mut b, "usage-no-javascript");
+}
+
+// ---------------------------------------------------------------------------
+// Manage: payments through the Creem stand-in.
+
+const CREEM_SECRET: &str = "whsec_browser_test";
+
+fn creem_signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(CREEM_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Sends a Creem event, signed, as Creem does.
+async fn creem(api: &Api, event: Value) -> Value {
+    let body = serde_json::to_vec(&event).unwrap();
+    let sig = creem_signature(&body);
+    let r = api.raw("POST", "/webhooks/creem", None, body, &[("creem-signature", &sig)]).await;
+    let answer = r.expect(200).clone();
+    assert_eq!(answer["status"], "applied", "{answer}");
+    answer
+}
+
+/// `checkout.completed` of a one-time product, as Creem sends it.
+fn checkout_completed(event: &str, checkout: &str, order: &str, product: &str, cents: u64, account: &str) -> Value {
+    json!({"id": event, "eventType": "checkout.completed", "created_at": 1_772_323_200_000u64, "object": {
+        "id": checkout, "object": "checkout", "status": "completed", "mode": "test",
+        "order": {"id": order, "customer": "cust_1", "product": product, "amount": cents, "currency": "USD",
+                  "status": "paid", "type": "onetime"},
+        "product": {"id": product, "name": product, "price": cents, "currency": "USD", "billing_type": "onetime"},
+        "customer": {"id": "cust_1", "email": "user@example.com"}, "metadata": {"account_id": account}}})
+}
+
+/// `subscription.paid` of a monthly product, as Creem sends it.
+fn subscription_paid(event: &str, sub: &str, transaction: &str, product: &str, cents: u64, account: &str) -> Value {
+    json!({"id": event, "eventType": "subscription.paid", "created_at": 1_772_323_200_000u64, "object": {
+        "id": sub, "object": "subscription", "status": "active",
+        "product": {"id": product, "name": product, "price": cents, "currency": "USD", "billing_type": "recurring"},
+        "customer": {"id": "cust_1", "email": "user@example.com"},
+        "last_transaction_id": transaction, "metadata": {"account_id": account}}})
+}
+
+fn manage_config(base: &str, standin: &StandIn) -> creditd_server::ServerConfig {
+    let mut products = HashMap::new();
+    products.insert("prod_topup_20".to_string(), Product::Topup);
+    products.insert("prod_topup_50".to_string(), Product::Topup);
+    products.insert("prod_pack_500".to_string(), Product::Credits(Credits::whole(500)));
+    for plan in ["starter", "pro"] {
+        let product = Product::Plan { plan: plan.into(), kind: SubscriptionKind::Monthly };
+        products.insert(format!("prod_{plan}"), product);
+    }
+    let mut c = config();
+    c.payments = PaymentsConfig {
+        creem: Some(CreemConfig { webhook_secret: WebhookSecret::new(CREEM_SECRET), products }),
+        nowpayments: Some(NowPaymentsConfig { ipn_secret: WebhookSecret::new("ipn_browser_test") }),
+    };
+    c.dashboard.public_url = Some(base.to_string());
+    c.dashboard.creem = Some(ProviderApi::new("creem_test_key", &standin.base));
+    c.dashboard.nowpayments = Some(ProviderApi::new("np_test_key", &standin.base));
+    let display =
+        |label: &str, usd: i64| ProductDisplay { label: Some(label.into()), price_usd: Some(Usd::whole(usd)) };
+    c.dashboard.products = HashMap::from([
+        ("prod_topup_20".to_string(), display("Top up $20", 20)),
+        ("prod_topup_50".to_string(), display("Top up $50", 50)),
+        ("prod_pack_500".to_string(), display("500 credits", 5)),
+    ]);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manage_page_in_a_real_browser() {
+    if !browser_available() {
+        return;
+    }
+    let _one = one_browser().await;
+    let standin = Arc::new(StandIn::start().await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let api = Arc::new(Api::build(true, manage_config(&base, &standin)).await);
+    for (id, name, price, credits) in [("starter", "Starter", "10", "1000"), ("pro", "Pro", "50", "5000")] {
+        api.put(
+            &format!("/v1/plans/{id}"),
+            json!({"name": name, "price_usd": price, "monthly_credits": credits, "rate_per_minute": 60,
+                   "daily_requests": 500, "weekly_requests": 1500, "model_access": "all"}),
+        )
+        .await
+        .expect(200);
+    }
+    // On Starter, paid through the Creem subscription `sub_starter`, for 3 days.
+    api.account("u_7").await;
+    creem(&api, subscription_paid("evt_1", "sub_starter", "tran_1", "prod_starter", 1000, "u_7")).await;
+    api.clock.advance(3 * 86_400).unwrap();
+    let router = api.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let config = ProviderCallConfig {
+        creem: ProviderApi::new("creem_test_key", &standin.base),
+        poll: Duration::from_millis(50),
+        timeout: Duration::from_secs(5),
+        batch: 16,
+    };
+    let worker = provider_calls::spawn(api.store.clone(), config);
+    let token = api.post("/v1/accounts/u_7/tokens", json!({"ttl_seconds": 86400})).await.expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (api2, standin2) = (api.clone(), standin.clone());
+    tokio::task::spawn_blocking(move || manage(&api2, &base, &token, &standin2)).await.unwrap();
+    worker.abort();
+}
+
+/// Waits (10 s at most) for the stand-in to have received `n` cancels.
+fn cancels_received(standin: &StandIn, n: usize) -> Vec<(String, standin::Seen)> {
+    let started = Instant::now();
+    loop {
+        let cancels = standin.cancels();
+        if cancels.len() >= n {
+            return cancels;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the stand-in received {cancels:?}, not {n} cancels");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn manage(api: &Api, base: &str, token: &str, standin: &StandIn) {
+    let mut b = Browser::start(true);
+    b.go(&format!("{base}/dashboard?token={token}"));
+    b.wait_for("the overview", |b| b.try_find("#available").is_some());
+    let before = Credits::parse(&amount(&b, "#wallet-balance")).unwrap();
+
+    b.go(&format!("{base}/dashboard/manage"));
+    assert_eq!(b.text(&b.find("h1")), "Manage");
+    assert!(b.try_find("article[data-plan=\"starter\"].current").is_some(), "Starter is the plan");
+    assert!(b.try_find("a[href=\"/dashboard/manage/switch?product=prod_pro\"]").is_some());
+    shot(&mut b, "manage");
+
+    // A top-up: the button leads to the stand-in's checkout for this account.
+    b.click(&b.find("button[data-product=\"prod_topup_20\"]"));
+    let checkout = format!("{}/checkout/", standin.base);
+    b.wait_for("the stand-in's checkout page", |b| b.url().starts_with(&checkout));
+    assert!(b.text(&b.find("#standin")).starts_with("Stand-in payment page ch_"));
+    let sent = standin.seen().into_iter().rfind(|s| s.path == "/v1/checkouts").expect("a checkout");
+    assert_eq!(sent.api_key.as_deref(), Some("creem_test_key"));
+    assert_eq!(sent.body["product_id"], "prod_topup_20");
+    assert_eq!(sent.body["metadata"], json!({"account_id": "u_7"}));
+    let success = format!("{base}/dashboard/manage?notice=paid");
+    assert_eq!(sent.body["success_url"], success.as_str());
+    let checkout_id = b.url().rsplit('/').next().unwrap().to_string();
+
+    // Creem sends the user back before its webhook arrives: nothing yet.
+    b.go(&success);
+    assert!(b.text(&b.find(".notice.good")).starts_with("Thank you!"));
+    b.go(&format!("{base}/dashboard"));
+    assert_eq!(Credits::parse(&amount(&b, "#wallet-balance")).unwrap(), before);
+    // The signed webhook; a reload shows the new balance, the API's.
+    block(creem(api, checkout_completed("evt_2", &checkout_id, "ord_2", "prod_topup_20", 2000, "u_7")));
+    b.refresh();
+    b.wait_for("the new balance", |b| Credits::parse(&amount(b, "#wallet-balance")).unwrap() != before);
+    let shown = amount(&b, "#wallet-balance");
+    assert_eq!(shown, block(api.balance("u_7"))["wallet"]["balance"].as_str().unwrap());
+    assert_eq!(Credits::parse(&shown).unwrap(), before + Credits::whole(2000), "$20 at 100 credits per dollar");
+
+    // A switch: the proration the engine would credit, before confirming.
+    b.go(&format!("{base}/dashboard/manage"));
+    b.click(&b.find("a[href=\"/dashboard/manage/switch?product=prod_pro\"]"));
+    b.wait_for("the switch page", |b| b.try_find("#proration-usd").is_some());
+    // Starter $10, 3 days of a 31-day March used: the 10% floor gives $9.
+    assert_eq!(b.text(&b.find("#proration-usd")), "$9");
+    let credited = amount(&b, "#proration-credits");
+    assert_eq!(credited, "900");
+    shot(&mut b, "manage-switch");
+    b.click(&b.find("#confirm-switch"));
+    b.wait_for("the stand-in's checkout page", |b| b.url().starts_with(&checkout));
+    let sent = standin.seen().into_iter().rfind(|s| s.path == "/v1/checkouts").expect("a checkout");
+    assert_eq!(sent.body["product_id"], "prod_pro");
+    assert!(standin.cancels().is_empty(), "nothing is cancelled before the payment");
+
+    // The new plan's payment: the switch credits what the page showed, and
+    // the old Creem subscription receives its cancel, once.
+    block(creem(api, subscription_paid("evt_3", "sub_pro", "tran_3", "prod_pro", 5000, "u_7")));
+    let cancels = cancels_received(standin, 1);
+    assert_eq!(cancels.len(), 1, "{cancels:?}");
+    assert_eq!(cancels[0].0, "sub_starter");
+    assert_eq!(cancels[0].1.body, json!({"mode": "immediate"}));
+    assert_eq!(cancels[0].1.api_key.as_deref(), Some("creem_test_key"));
+    let ledger = block(api.get("/v1/accounts/u_7/ledger?type=proration_credit")).body.clone();
+    assert_eq!(ledger["data"][0]["amount"], credited.as_str());
+    b.go(&format!("{base}/dashboard/manage"));
+    assert!(b.try_find("article[data-plan=\"pro\"].current").is_some(), "Pro is the plan");
+
+    // Cancel at period end: the engine's flag, and a scheduled cancel at Creem.
+    b.click(&b.find("#cancel"));
+    b.wait_for("the cancelled notice", |b| b.url().ends_with("/dashboard/manage?notice=cancelled"));
+    assert!(b.text(&b.find("#cancel-state")).contains("will not renew"));
+    assert_eq!(block(api.get("/v1/accounts/u_7/subscription")).body["cancel_at_period_end"], true);
+    let cancels = cancels_received(standin, 2);
+    assert_eq!((cancels[1].0.as_str(), &cancels[1].1.body), ("sub_pro", &json!({"mode": "scheduled"})));
+    shot(&mut b, "manage-cancelled");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(standin.cancels().len(), 2, "each cancel once");
 }

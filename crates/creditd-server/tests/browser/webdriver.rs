@@ -1,6 +1,6 @@
 //! A small W3C WebDriver client over `ureq` (blocking), enough to drive
 //! headless Chromium through `chromedriver`: navigate, find, click, type,
-//! read text and attributes, run a script, resize, screenshot.
+//! read text and attributes, run a script, resize, reload, screenshot.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -143,6 +143,11 @@ impl Browser {
 
     pub fn go(&self, url: &str) {
         self.call("POST", "/url", Some(json!({"url": url})));
+    }
+
+    /// Reloads the page, as the browser's reload button does.
+    pub fn refresh(&self) {
+        self.call("POST", "/refresh", None);
     }
 
     pub fn url(&self) -> String {
