@@ -69,6 +69,10 @@ pub struct Grant {
     pub created_at: Timestamp,
     /// A voided grant is never spent from again; credits its holds free are voided too.
     pub voided: bool,
+    /// Its `grant.expiring` warning is behind it (told, or passed over:
+    /// nothing left, voided, or already expired by the time it came due).
+    /// Once per grant (`events`, `docs/webhooks.md`).
+    pub expiring_told: bool,
 }
 
 impl Grant {

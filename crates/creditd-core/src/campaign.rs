@@ -2,7 +2,7 @@
 //! and the account-independent billing settings the engine applies.
 
 use jiff::tz::TimeZone;
-use jiff::{Span, SpanFieldwise, Timestamp};
+use jiff::{SignedDuration, Span, SpanFieldwise, Timestamp};
 
 use crate::calendar;
 use crate::subscription::OnSwitch;
@@ -121,7 +121,13 @@ pub struct Billing {
     pub campaigns: Campaigns,
     /// When `credits.low` is told (outgoing webhooks).
     pub low_credits: crate::events::LowCredits,
+    /// How long before a grant's expiry `grant.expiring` is told (outgoing
+    /// webhooks); `None`: never.
+    pub grant_expiring: Option<SignedDuration>,
 }
+
+/// `grant.expiring` is told three days (72 hours) before a grant expires.
+pub const DEFAULT_GRANT_EXPIRING: SignedDuration = SignedDuration::from_hours(72);
 
 impl Default for Billing {
     fn default() -> Self {
@@ -131,6 +137,7 @@ impl Default for Billing {
             on_switch: OnSwitch::Prorate,
             campaigns: Campaigns::default(),
             low_credits: crate::events::LowCredits::default(),
+            grant_expiring: Some(DEFAULT_GRANT_EXPIRING),
         }
     }
 }

@@ -478,6 +478,7 @@ impl Tx<'_> {
             // A grant that starts in the past was, for the burn order, created when it started.
             created_at: at,
             voided: false,
+            expiring_told: false,
         };
         self.state.grants.push(grant.clone());
         self.entry_with_reason(at, EntryKind::Grant, new.amount, Some(&grant.id), new.reference, new.reason);

@@ -39,6 +39,16 @@ async fn subscriptions_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_tells_an_expiring_grant_once_on_postgres() {
+    let db = PgDatabase::create();
+    let clock = clock();
+    let store = Arc::new(connect(&db, EngineConfig::default(), &clock));
+    let counted = Arc::clone(&store);
+    story::expiring::the_sweeper_tells_an_expiring_grant_once(store, clock, move || counted.stats().background_sweeps)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_ownership_on_postgres() {
     let db = PgDatabase::create();
     story::config_ownership(Arc::new(connect(&db, EngineConfig::default(), &clock()))).await;

@@ -299,6 +299,16 @@ async fn the_idle_writer_writes_out_expiries_nobody_touched() {
     assert_eq!(store.audit().await.expect("audit").breaches, vec![]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_tells_an_expiring_grant_once_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    let clock = clock();
+    let store = Arc::new(open(&db(&dir), &clock));
+    let counted = Arc::clone(&store);
+    story::expiring::the_sweeper_tells_an_expiring_grant_once(store, clock, move || counted.stats().background_sweeps)
+        .await;
+}
+
 #[tokio::test]
 async fn reads_show_grants_as_of_the_clock_before_the_writer_catches_up() {
     let dir = TempDir::new().expect("tempdir");

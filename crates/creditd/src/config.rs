@@ -337,6 +337,7 @@ impl Config {
             timezone: self.billing.timezone.clone(),
             renewal_grace: self.billing.renewal_grace.fieldwise(),
             low_credits: self.webhooks.low_credits.clone(),
+            grant_expiring: self.webhooks.grant_expiring(),
             on_switch: match self.billing.on_switch {
                 OnSwitch::Prorate => creditd_core::subscription::OnSwitch::Prorate,
                 OnSwitch::CarryOver => creditd_core::subscription::OnSwitch::CarryOver,
@@ -1341,6 +1342,7 @@ mod tests {
             (&defaults.billing.timezone, defaults.billing.renewal_grace)
         );
         assert_eq!(billing.on_switch, defaults.billing.on_switch);
+        assert_eq!(billing.grant_expiring, defaults.billing.grant_expiring, "three days");
         let bonus = billing.campaigns.signup_bonus.as_ref().unwrap();
         assert_eq!((bonus.amount, bonus.expires_after), (Credits::whole(50), Some(Span::new().days(30).fieldwise())));
         assert_eq!(billing.campaigns.recurring.len(), 1);

@@ -7,6 +7,7 @@ use super::{NewGrant, Tx, derived_id};
 use crate::account::{GrantKind, HoldStatus};
 use crate::calendar;
 use crate::campaign::Cadence;
+use crate::events::{Event, EventKind};
 use crate::ledger::Reference;
 use crate::plan::Plan;
 use crate::subscription::{Subscription, SubscriptionKind, SubscriptionStatus};
@@ -19,6 +20,8 @@ enum Due {
     HoldExpires(usize),
     /// A grant that started since it was created may repay debt.
     GrantStarts(usize),
+    /// A grant enters its last days: `grant.expiring` (once per grant).
+    GrantExpiring(usize),
     /// Its remaining is written off.
     GrantExpires(usize),
     /// The current period of the active subscription ends.
@@ -32,16 +35,18 @@ enum Due {
 impl Due {
     /// At one instant: holds expire before grants (a hold's credits are
     /// freed and then written off with the grant, never the other way
-    /// round), grants before subscription periods (the old pools go before
-    /// the new ones come), and periods before gifts (eligibility is judged
-    /// on the subscription as it is then).
+    /// round), a grant's warning after what a start repaid from it and
+    /// before any expiry, grants before subscription periods (the old pools
+    /// go before the new ones come), and periods before gifts (eligibility
+    /// is judged on the subscription as it is then).
     fn rank(self) -> (u8, usize) {
         match self {
             Due::HoldExpires(i) => (0, i),
             Due::GrantStarts(i) => (1, i),
-            Due::GrantExpires(i) => (2, i),
-            Due::PeriodEnds | Due::GraceEnds => (3, 0),
-            Due::Gift(c) => (4, c as usize),
+            Due::GrantExpiring(i) => (2, i),
+            Due::GrantExpires(i) => (3, i),
+            Due::PeriodEnds | Due::GraceEnds => (4, 0),
+            Due::Gift(c) => (5, c as usize),
         }
     }
 }
@@ -61,6 +66,14 @@ fn next_due(tx: &Tx<'_>, started: &[String]) -> Option<(Timestamp, Due)> {
             && (grant.remaining.is_positive() || grant.held.is_positive())
         {
             due.push((at, Due::GrantExpires(i)));
+        }
+        // Due `grant_expiring` before the expiry (the store's sweeper asks
+        // the same question: `expires_at <= now + grant_expiring`).
+        if let Some(notice) = tx.ctx.billing.grant_expiring
+            && !grant.expiring_told
+            && let Some(at) = grant.expires_at.map(|e| calendar::earlier(e, notice)).filter(|&at| at <= now)
+        {
+            due.push((at, Due::GrantExpiring(i)));
         }
         if grant.starts_at > grant.created_at
             && grant.starts_at <= now
@@ -129,6 +142,7 @@ pub(super) fn advance(tx: &mut Tx<'_>) {
                 started.push(tx.state.grants[i].id.clone());
                 tx.repay_debt(at);
             }
+            Due::GrantExpiring(i) => grant_expiring(tx, i),
             Due::GrantExpires(i) => {
                 let id = tx.state.grants[i].id.clone();
                 tx.expire_grant(&id, at);
@@ -138,6 +152,31 @@ pub(super) fn advance(tx: &mut Tx<'_>) {
             Due::Gift(cadence) => gift(tx, cadence, at),
         }
     }
+}
+
+/// A grant's `grant.expiring` comes due: told when the grant still has
+/// credits (not voided, and not expired by now: a clock that moved past
+/// both the warning and the expiry tells only the expiry); marked either
+/// way, so that it comes due once.
+fn grant_expiring(tx: &mut Tx<'_>, i: usize) {
+    let now = tx.now;
+    let grant = &mut tx.state.grants[i];
+    grant.expiring_told = true;
+    let tell = grant.remaining.is_positive() && !grant.voided && grant.expires_at.is_some_and(|e| e > now);
+    let grant = grant.clone();
+    tx.changes.touch_grant(&grant.id);
+    if !tell {
+        return;
+    }
+    let Some(expires_at) = grant.expires_at else { return };
+    let id = tx.new_id();
+    let event = Event::new(id, EventKind::GrantExpiring, &grant.account_id, now)
+        .with("grant_id", &grant.id)
+        .with("kind", grant.kind.as_str())
+        .with("source", &grant.source)
+        .with("remaining", grant.remaining)
+        .with("expires_at", expires_at);
+    tx.changes.events.push(event);
 }
 
 /// The active subscription's period ends at `at`: the next one starts if

@@ -11,6 +11,7 @@ pub use creditd_core::engine::{
     self, AuthorizeInput, Authorized, Context, NewGrant, Outcome, Prior, Recorded, Refusal, StartInput,
     SubscriptionChange, Tx, UsageInput,
 };
+pub use creditd_core::events::{Event, EventKind};
 pub use creditd_core::invariants::{AccountRecords, check_account};
 pub use creditd_core::ledger::{Changes, EntryKind, LedgerEntry, Reference};
 pub use creditd_core::limits::RequestLimits;
@@ -83,6 +84,8 @@ pub struct Acct {
     pub entries: Vec<LedgerEntry>,
     pub usage: Vec<UsageRecord>,
     pub subscriptions: BTreeMap<String, Subscription>,
+    /// The outgoing-webhook events written, in order.
+    pub events: Vec<Event>,
     pub next_request: u32,
 }
 
@@ -104,6 +107,7 @@ impl Acct {
             entries: Vec::new(),
             usage: Vec::new(),
             subscriptions: BTreeMap::new(),
+            events: Vec::new(),
             next_request: 0,
         };
         a.op(engine::open_account).unwrap();
@@ -135,6 +139,7 @@ impl Acct {
         for r in changes.refunded {
             self.usage.iter_mut().find(|u| u.request_id == r).unwrap().refunded = true;
         }
+        self.events.extend(changes.events);
     }
 
     pub fn op<T>(&mut self, op: impl FnOnce(&mut Tx<'_>) -> Result<T, Refusal>) -> Result<T, Refusal> {

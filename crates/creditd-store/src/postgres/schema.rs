@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, V9_KEY_LAST_USED),
     (10, V10_LOW_CREDIT_MARKS),
     (11, V11_PROVIDER_CALLS),
+    (12, V12_GRANT_EXPIRING),
 ];
 
 const V1: &str = r#"
@@ -466,6 +467,14 @@ CREATE TABLE provider_calls (
 CREATE INDEX provider_calls_due ON provider_calls(next_attempt_at) WHERE status = 'pending';
 CREATE INDEX provider_calls_by_status ON provider_calls(status, seq);
 CREATE INDEX provider_calls_by_account ON provider_calls(account_id, seq);
+"#;
+
+/// `grant.expiring` marks: as SQLite's V14. The index's predicate is on
+/// `live` and the mark, which a charge never changes: charges stay
+/// heap-only.
+const V12_GRANT_EXPIRING: &str = r#"
+ALTER TABLE grants ADD COLUMN expiring_told BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX grants_expiring ON grants(expires_at) WHERE expires_at IS NOT NULL AND live AND expiring_told = 0;
 "#;
 
 /// Applies every pending migration in one transaction, under an advisory

@@ -76,7 +76,7 @@ pub fn grants(
     sql.push_str(if before.is_some() { " AND seq < ?2" } else { " AND CAST(?2 AS BIGINT) IS NULL" });
     sql.push_str(" ORDER BY seq DESC LIMIT ?3");
     let mut data = conn.query_vec(&sql, params![account_id, before, i64::from(n) + 1], |row| {
-        Ok((rows::grant(row)?, row.get::<i64>(13)?))
+        Ok((rows::grant(row)?, row.get::<i64>(14)?))
     })?;
     let mut fresh: Vec<Grant> = Vec::new();
     if let Some(stored) = rows::load_state(conn, account_id)? {

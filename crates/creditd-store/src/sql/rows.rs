@@ -55,7 +55,7 @@ pub fn account(row: &dyn Row) -> Result<AccountRow, StoreError> {
     })
 }
 
-pub const GRANT_COLUMNS: &str = "id, account_id, kind, source, reason, amount, remaining, held, priority, starts_at, expires_at, created_at, voided";
+pub const GRANT_COLUMNS: &str = "id, account_id, kind, source, reason, amount, remaining, held, priority, starts_at, expires_at, created_at, voided, expiring_told";
 
 pub fn grant(row: &dyn Row) -> Result<Grant, StoreError> {
     let priority: i64 = row.get(8)?;
@@ -73,6 +73,7 @@ pub fn grant(row: &dyn Row) -> Result<Grant, StoreError> {
         expires_at: ts_opt(row, 10)?,
         created_at: ts(row, 11)?,
         voided: row.get(12)?,
+        expiring_told: row.get(13)?,
     })
 }
 
@@ -445,10 +446,10 @@ fn opt_count(n: Option<u64>) -> Result<Option<i64>, Corrupt> {
 pub fn upsert_grant(conn: &dyn Db, g: &Grant) -> Result<(), StoreError> {
     conn.write_keyed(
         &format!(
-            "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (id) DO UPDATE SET
                  remaining = excluded.remaining, held = excluded.held, voided = excluded.voided,
-                 expires_at = excluded.expires_at"
+                 expires_at = excluded.expires_at, expiring_told = excluded.expiring_told"
         ),
         params![
             g.id,
@@ -464,6 +465,7 @@ pub fn upsert_grant(conn: &dyn Db, g: &Grant) -> Result<(), StoreError> {
             opt_micros(g.expires_at),
             codec::micros(g.created_at),
             g.voided,
+            g.expiring_told,
         ],
     )
 }

@@ -316,22 +316,39 @@ impl<C: WriterDb> Writer<C> {
 
     fn find_due(&self) -> Result<Vec<String>, StoreError> {
         self.conn.recover()?;
-        let now = codec::micros(self.now());
+        let now = self.now();
         let live = self.conn.live_grant();
-        self.conn.query_vec(
-            &format!(
-                "SELECT account_id FROM holds WHERE status = 'open' AND expires_at <= ?1
-                 UNION
-                 SELECT account_id FROM grants WHERE expires_at IS NOT NULL AND {live} AND expires_at <= ?1
-                 UNION
-                 SELECT account_id FROM subscriptions WHERE status = 'active' AND period_end <= ?1
-                 UNION
-                 SELECT account_id FROM subscriptions WHERE status = 'past_due' AND grace_ends_at <= ?1
-                 LIMIT ?2"
+        // Grants entering their `grant.expiring` warning: the engine's
+        // question (`expires_at - notice <= now`, not yet told), so that
+        // each account found has the warning to write and is not found again.
+        let (expiring, warn_until) = match self.config.billing.grant_expiring {
+            Some(notice) => (
+                format!(
+                    "UNION
+                     SELECT account_id FROM grants
+                      WHERE expires_at IS NOT NULL AND {live} AND expiring_told = 0 AND expires_at <= ?3"
+                ),
+                codec::micros(creditd_core::calendar::later(now, notice)),
             ),
-            params![now, SWEEP_SCAN_MAX],
-            |row| row.get::<String>(0),
-        )
+            None => (String::new(), codec::micros(now)),
+        };
+        let sql = format!(
+            "SELECT account_id FROM holds WHERE status = 'open' AND expires_at <= ?1
+             UNION
+             SELECT account_id FROM grants WHERE expires_at IS NOT NULL AND {live} AND expires_at <= ?1
+             UNION
+             SELECT account_id FROM subscriptions WHERE status = 'active' AND period_end <= ?1
+             UNION
+             SELECT account_id FROM subscriptions WHERE status = 'past_due' AND grace_ends_at <= ?1
+             {expiring}
+             LIMIT ?2"
+        );
+        let now = codec::micros(now);
+        if expiring.is_empty() {
+            self.conn.query_vec(&sql, params![now, SWEEP_SCAN_MAX], |row| row.get::<String>(0))
+        } else {
+            self.conn.query_vec(&sql, params![now, SWEEP_SCAN_MAX, warn_until], |row| row.get::<String>(0))
+        }
     }
 
     fn sweep_some(&mut self) {

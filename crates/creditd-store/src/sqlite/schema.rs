@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, V11_KEY_LAST_USED),
     (12, V12_LOW_CREDIT_MARKS),
     (13, V13_PROVIDER_CALLS),
+    (14, V14_GRANT_EXPIRING),
 ];
 
 const V1: &str = r#"
@@ -462,6 +463,16 @@ CREATE TABLE provider_calls (
 CREATE INDEX provider_calls_due ON provider_calls(next_attempt_at) WHERE status = 'pending';
 CREATE INDEX provider_calls_by_status ON provider_calls(status, seq);
 CREATE INDEX provider_calls_by_account ON provider_calls(account_id, seq);
+"#;
+
+/// Whether each grant's `grant.expiring` warning is behind it (once per
+/// grant, `docs/webhooks.md`), and the sweeper's question for it: which
+/// live grants not yet warned are within the warning's reach of their
+/// expiry? Grants that existed before are warned when they come due.
+const V14_GRANT_EXPIRING: &str = r#"
+ALTER TABLE grants ADD COLUMN expiring_told INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX grants_expiring ON grants(expires_at)
+    WHERE expires_at IS NOT NULL AND (remaining > 0 OR held > 0) AND expiring_told = 0;
 "#;
 
 /// The newest schema version this build knows.

@@ -23,6 +23,7 @@ use creditd_store::{
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 
+pub mod expiring;
 pub mod money;
 pub mod reads;
 

@@ -20,6 +20,20 @@ pub struct WebhooksSection {
     pub timeout_seconds: u64,
     /// When `credits.low` is told.
     pub low_credits: LowCredits,
+    /// How many days (of 24 hours) before a grant's expiry `grant.expiring`
+    /// is told; 0: never.
+    pub grant_expiring_days: u64,
+}
+
+/// The largest `webhooks.grant_expiring_days`.
+pub const MAX_GRANT_EXPIRING_DAYS: u64 = 366;
+
+impl WebhooksSection {
+    /// `grant_expiring_days` as the engine takes it.
+    pub fn grant_expiring(&self) -> Option<jiff::SignedDuration> {
+        let hours = i64::try_from(self.grant_expiring_days.min(MAX_GRANT_EXPIRING_DAYS)).ok()? * 24;
+        (hours > 0).then(|| jiff::SignedDuration::from_hours(hours))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -39,6 +53,8 @@ pub(super) struct RawWebhooks {
     poll_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant_expiring_days: Option<u64>,
     low_credits: RawLowCredits,
 }
 
@@ -125,8 +141,19 @@ impl Validator<'_> {
             let list = thresholds(&format!("webhooks.low_credits.accounts.{account}"), texts)?;
             low_credits.accounts.insert(account, list);
         }
+        let grant_expiring_days = match raw.grant_expiring_days {
+            None => 3,
+            Some(days) if days > MAX_GRANT_EXPIRING_DAYS => {
+                return Err(self.error(
+                    "webhooks.grant_expiring_days",
+                    format!("must be at most {MAX_GRANT_EXPIRING_DAYS} (0: never tell grant.expiring)"),
+                ));
+            }
+            Some(days) => days,
+        };
         Ok(WebhooksSection {
             low_credits,
+            grant_expiring_days,
             endpoints,
             poll_interval_ms: positive("webhooks.poll_interval_ms", raw.poll_interval_ms, 1000)?,
             timeout_seconds: positive("webhooks.timeout_seconds", raw.timeout_seconds, 10)?,
@@ -136,6 +163,9 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
+    use creditd_core::events::Threshold;
+    use creditd_core::units::{Credits, Factor};
+
     use crate::config::Config;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -169,5 +199,91 @@ mod tests {
         assert!(bad_event.contains("\"nope\" is not an event type"), "{bad_event}");
         let zero = error("[webhooks]\ntimeout_seconds = 0\n");
         assert!(zero.contains("webhooks.timeout_seconds"), "{zero}");
+    }
+
+    fn thresholds(list: &[Threshold]) -> Vec<String> {
+        list.iter().map(Threshold::to_string).collect()
+    }
+
+    #[test]
+    fn low_credit_thresholds_are_read_and_checked() {
+        // The built-in default, and no plan or account lists.
+        let builtin = Config::builtin().webhooks.low_credits;
+        assert_eq!(thresholds(&builtin.default), ["20%", "5%"]);
+        assert!(builtin.plans.is_empty() && builtin.accounts.is_empty());
+        assert_eq!(thresholds(builtin.for_account("u_1", "pro")), ["20%", "5%"]);
+
+        // Every valid form: shares above 0 and at most 100 (decimals too),
+        // amounts of credits (decimals too); per plan and per account lists
+        // replace the default, an empty list tells nothing but depleted.
+        let config = Config::from_toml(
+            "[webhooks.low_credits]\ndefault = [\"10%\", \"0.5%\", \"100%\"]\n\
+             [webhooks.low_credits.plans]\nfree = [\"10\"]\npro = [\"25%\", \"1000\", \"0.25\"]\nquiet = []\n\
+             [webhooks.low_credits.accounts]\nu_42 = [\"1000\", \"100\"]\n",
+        )
+        .expect("valid");
+        let low = &config.webhooks.low_credits;
+        assert_eq!(thresholds(&low.default), ["10%", "0.5%", "100%"]);
+        assert_eq!(low.default[0], Threshold::Percent(Factor::whole(10)));
+        assert_eq!(low.plans["pro"][1], Threshold::Amount(Credits::whole(1000)));
+        assert_eq!(thresholds(&low.plans["pro"]), ["25%", "1000", "0.25"]);
+        assert_eq!(thresholds(low.for_account("u_42", "pro")), ["1000", "100"], "the account's list first");
+        assert_eq!(thresholds(low.for_account("u_7", "pro")), ["25%", "1000", "0.25"], "then its plan's");
+        assert_eq!(thresholds(low.for_account("u_7", "free")), ["10"]);
+        assert!(low.for_account("u_7", "quiet").is_empty());
+        assert_eq!(thresholds(low.for_account("u_7", "max")), ["10%", "0.5%", "100%"], "then the default");
+        // Engine-side, the same lists.
+        assert_eq!(&config.core_billing().low_credits, low);
+        // Only accounts named: the default stays the built-in one.
+        let only = Config::from_toml("[webhooks.low_credits.accounts]\nu_1 = [\"5\"]\n").expect("valid");
+        assert_eq!(thresholds(&only.webhooks.low_credits.default), ["20%", "5%"]);
+
+        // Invalid thresholds: refused at load, naming the key, the value and
+        // what a threshold is.
+        let error = |toml: &str| Config::from_toml(toml).expect_err(toml).0;
+        for (toml, key, bad) in [
+            ("default = [\"0%\"]", "webhooks.low_credits.default", "\"0%\""),
+            ("default = [\"101%\"]", "webhooks.low_credits.default", "\"101%\""),
+            ("default = [\"20 %\"]", "webhooks.low_credits.default", "\"20 %\""),
+            ("default = [\"020%\"]", "webhooks.low_credits.default", "\"020%\""),
+            ("default = [\"%\"]", "webhooks.low_credits.default", "\"%\""),
+            ("default = [\"0\"]", "webhooks.low_credits.default", "\"0\""),
+            ("default = [\"-5\"]", "webhooks.low_credits.default", "\"-5\""),
+            ("default = [\"1e3\"]", "webhooks.low_credits.default", "\"1e3\""),
+            ("default = [\"\"]", "webhooks.low_credits.default", "\"\""),
+            ("default = [\"20%\", \"lots\"]", "webhooks.low_credits.default", "\"lots\""),
+            ("plans.pro = [\"5 credits\"]", "webhooks.low_credits.plans.pro", "\"5 credits\""),
+            ("accounts.u_42 = [\"1.0000001\"]", "webhooks.low_credits.accounts.u_42", "\"1.0000001\""),
+        ] {
+            let message = error(&format!("[webhooks.low_credits]\n{toml}\n"));
+            assert!(message.contains(key), "{toml}: {message}");
+            assert!(message.contains(&format!("{bad} is not a threshold")), "{toml}: {message}");
+            assert!(message.contains("\"20%\"") && message.contains("\"500\""), "{toml}: says what is: {message}");
+        }
+        // Not a list of strings, or an unknown key.
+        let number = error("[webhooks.low_credits]\ndefault = [500]\n");
+        assert!(number.contains("webhooks.low_credits.default") && number.contains("expected a string"), "{number}");
+        let not_a_list = error("[webhooks.low_credits]\ndefault = \"20%\"\n");
+        assert!(
+            not_a_list.contains("webhooks.low_credits.default") && not_a_list.contains("expected a sequence"),
+            "{not_a_list}"
+        );
+        let unknown = error("[webhooks.low_credits]\ndefaults = [\"20%\"]\n");
+        assert!(unknown.contains("defaults"), "{unknown}");
+    }
+
+    #[test]
+    fn grant_expiring_days_are_read_and_checked() {
+        let builtin = Config::builtin();
+        assert_eq!(builtin.webhooks.grant_expiring_days, 3);
+        assert_eq!(builtin.core_billing().grant_expiring, Some(jiff::SignedDuration::from_hours(72)));
+        let week = Config::from_toml("[webhooks]\ngrant_expiring_days = 7\n").expect("valid");
+        assert_eq!(week.core_billing().grant_expiring, Some(jiff::SignedDuration::from_hours(7 * 24)));
+        let off = Config::from_toml("[webhooks]\ngrant_expiring_days = 0\n").expect("valid");
+        assert_eq!(off.core_billing().grant_expiring, None);
+        let long = Config::from_toml("[webhooks]\ngrant_expiring_days = 367\n").expect_err("too long").0;
+        assert!(long.contains("webhooks.grant_expiring_days") && long.contains("at most 366"), "{long}");
+        let negative = Config::from_toml("[webhooks]\ngrant_expiring_days = -1\n").expect_err("negative").0;
+        assert!(negative.contains("grant_expiring_days"), "{negative}");
     }
 }
