@@ -438,3 +438,159 @@ async fn low_credits_are_told_once_per_crossing() {
         (Some("20%"), Some(level.as_str()), Some(available.as_str()))
     );
 }
+
+/// The messages of `kind` the receiver verified.
+fn of_kind<'a>(received: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    received.iter().filter(|m| m["payload"]["type"] == kind).collect()
+}
+
+/// Waits until the receiver has verified a message of `kind` about
+/// `account`, and gives every message it has.
+async fn received_once(receiver: &Receiver, kind: &str, account: &str) -> Vec<Value> {
+    until(&format!("{kind} for {account}"), || async {
+        let r = receiver.received().await;
+        r.iter().any(|m| m["payload"]["type"] == kind && m["payload"]["data"]["account_id"] == account).then_some(r)
+    })
+    .await
+}
+
+/// Events that time makes, written by the writer's idle sweeper with nobody
+/// touching the accounts, signed and delivered once each: a grant's
+/// `grant.expiring` (72 hours before its expiry, the default; not for a
+/// grant already spent out), a subscription's `past_due` at its period end
+/// and `expired` at the end of its grace (a day, the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_driven_events_reach_the_receiver_once() {
+    let Some(python) = python() else { return };
+    let secret = delivery::new_secret();
+    let receiver = Receiver::start(&python, &secret);
+    let api = Api::new().await;
+    api.put(
+        "/v1/models/flat",
+        json!({"credits_per_mtok": {"input": "1000000", "output": "0", "cache_read": "0", "cache_write": "0"},
+               "credits": {"request": "0"}, "cost_usd": {"request": "0"}, "max_output_tokens": 1}),
+    )
+    .await
+    .expect(200);
+    api.post("/v1/webhook-endpoints", json!({"url": receiver.hook(), "secret": secret})).await.expect(201);
+    let worker = worker(&api);
+
+    // A grant that expires in ten days, and one that expires first, spent
+    // out before its warning comes.
+    api.account("g").await;
+    let expiring =
+        |amount: &str, at: &str| json!({"amount": amount, "kind": "promo", "source": "spring_promo", "expires_at": at});
+    let soon = api.post("/v1/accounts/g/grants", expiring("100", "2026-03-11T00:00:00Z")).await.expect(201).clone();
+    let soon_id = soon["id"].as_str().unwrap().to_string();
+    let empty = api.post("/v1/accounts/g/grants", expiring("10", "2026-03-10T00:00:00Z")).await.expect(201).clone();
+    let empty_id = empty["id"].as_str().unwrap().to_string();
+    let usage = json!({"account_id": "g", "request_id": "g1", "model": "flat", "status": "success", "usage": {"input_tokens": 10}});
+    api.post("/v1/usage", usage).await.expect(201);
+    let grants = api.get("/v1/accounts/g/grants?include_spent=true").await.expect(200).clone();
+    let spent = grants["data"].as_array().unwrap().iter().find(|g| g["id"] == empty_id.as_str()).unwrap();
+    assert_eq!(spent["remaining"], "0", "{grants}");
+
+    // A monthly subscription: 2026-03-01 to 2026-04-01, unpaid after.
+    api.put("/v1/plans/pro", json!({"price_usd": "20", "monthly_credits": "1000"})).await.expect(200);
+    api.account("s").await;
+    api.post("/v1/accounts/s/subscription", json!({"plan": "pro"})).await.expect(201);
+    received_once(&receiver, "subscription.started", "s").await;
+
+    // 2026-03-08T01:00: 72 hours before `soon` expires, and past `empty`'s
+    // warning. Nobody touches the account: the sweeper writes the warning.
+    advance(&api, 7 * 86_400 + 3600).await;
+    let received = received_once(&receiver, "grant.expiring", "g").await;
+    let told = of_kind(&received, "grant.expiring");
+    assert_eq!(told.len(), 1, "{received:?}");
+    let data = &told[0]["payload"]["data"];
+    assert_eq!(
+        data,
+        &json!({"account_id": "g", "grant_id": soon_id, "kind": "promo", "source": "spring_promo",
+                "remaining": "100", "expires_at": "2026-03-11T00:00:00Z"})
+    );
+    assert_eq!(
+        data.as_object().unwrap().keys().next().map(String::as_str),
+        Some("account_id"),
+        "account_id first, as for every event"
+    );
+    assert_eq!(told[0]["payload"]["timestamp"], "2026-03-08T01:00:00Z");
+    // Touched, and swept again later: not told again.
+    api.grant("g", "5").await;
+    advance(&api, 3600).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The plan's pools are grants too: told 72 hours before the period ends.
+    advance(&api, 21 * 86_400 - 3600).await; // 2026-03-29T01:00
+    let received = until("the pools' warnings", || async {
+        let r = receiver.received().await;
+        let n = r
+            .iter()
+            .filter(|m| m["payload"]["type"] == "grant.expiring" && m["payload"]["data"]["account_id"] == "s")
+            .count();
+        (n >= 2).then_some(r)
+    })
+    .await;
+    let pools: Vec<&Value> = of_kind(&received, "grant.expiring")
+        .into_iter()
+        .filter(|m| m["payload"]["data"]["account_id"] == "s")
+        .collect();
+    let mut kinds: Vec<&str> = pools.iter().map(|m| m["payload"]["data"]["kind"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["plan_backup", "plan_main"], "{pools:?}");
+    assert!(pools.iter().all(|m| m["payload"]["data"]["expires_at"] == "2026-04-01T00:00:00Z"), "{pools:?}");
+    assert!(pools.iter().all(|m| m["payload"]["data"]["source"] == "plan:pro"), "{pools:?}");
+
+    // Across the period end: past due, with its grace's end.
+    advance(&api, 3 * 86_400).await; // 2026-04-01T01:00
+    let received = received_once(&receiver, "subscription.past_due", "s").await;
+    let past_due = of_kind(&received, "subscription.past_due");
+    assert_eq!(past_due.len(), 1, "{received:?}");
+    let data = &past_due[0]["payload"]["data"];
+    assert_eq!((data["plan_id"].as_str(), data["status"].as_str()), (Some("pro"), Some("past_due")), "{data}");
+    assert_eq!(data["period_end"], "2026-04-01T00:00:00Z");
+    assert_eq!(data["grace_ends_at"], "2026-04-02T00:00:00Z");
+    let subscription_id = data["subscription_id"].as_str().unwrap().to_string();
+
+    // Across the grace's end: expired.
+    advance(&api, 86_400).await; // 2026-04-02T01:00
+    let received = received_once(&receiver, "subscription.expired", "s").await;
+    let expired = of_kind(&received, "subscription.expired");
+    assert_eq!(expired.len(), 1, "{received:?}");
+    let data = &expired[0]["payload"]["data"];
+    assert_eq!(
+        (data["subscription_id"].as_str(), data["status"].as_str()),
+        (Some(subscription_id.as_str()), Some("expired"))
+    );
+
+    // Later sweeps and touches tell none of them again.
+    api.grant("s", "5").await;
+    api.grant("g", "5").await;
+    advance(&api, 86_400).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let received = receiver.received().await;
+    for (kind, account, n) in [
+        ("grant.expiring", "g", 1),
+        ("grant.expiring", "s", 2),
+        ("subscription.past_due", "s", 1),
+        ("subscription.expired", "s", 1),
+        ("subscription.started", "s", 1),
+    ] {
+        let got = of_kind(&received, kind).iter().filter(|m| m["payload"]["data"]["account_id"] == account).count();
+        assert_eq!(got, n, "{kind} for {account}: {received:?}");
+    }
+    assert!(
+        of_kind(&received, "grant.expiring").iter().all(|m| m["payload"]["data"]["grant_id"] != empty_id.as_str()),
+        "the spent-out grant was told: {received:?}"
+    );
+    // Each message once: every webhook-id is distinct, every delivery
+    // delivered at its first attempt, none refused.
+    let mut ids: Vec<&str> = received.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), received.len(), "{received:?}");
+    let all = deliveries(&api, "limit=100").await;
+    assert_eq!(all.len(), received.len(), "{all:?}");
+    assert!(all.iter().all(|d| d["status"] == "delivered" && d["attempts"] == 1), "{all:?}");
+    assert_eq!(receiver.get("/refused").await.as_u64(), Some(0));
+    worker.abort();
+}
