@@ -68,10 +68,14 @@ fn next_due(tx: &Tx<'_>, started: &[String]) -> Option<(Timestamp, Due)> {
             due.push((at, Due::GrantExpires(i)));
         }
         // Due `grant_expiring` before the expiry (the store's sweeper asks
-        // the same question: `expires_at <= now + grant_expiring`).
+        // the same question: `expires_at <= now + grant_expiring`). A grant
+        // whose expiry has passed too expires in this advance, untold: no
+        // step for it (a clock moved far ahead adds no work here).
         if let Some(notice) = tx.ctx.billing.grant_expiring
             && !grant.expiring_told
-            && let Some(at) = grant.expires_at.map(|e| calendar::earlier(e, notice)).filter(|&at| at <= now)
+            && let Some(expires_at) = grant.expires_at.filter(|&e| e > now)
+            && let at = calendar::earlier(expires_at, notice)
+            && at <= now
         {
             due.push((at, Due::GrantExpiring(i)));
         }

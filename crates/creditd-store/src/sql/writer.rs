@@ -321,16 +321,15 @@ impl<C: WriterDb> Writer<C> {
         // Grants entering their `grant.expiring` warning: the engine's
         // question (`expires_at - notice <= now`, not yet told), so that
         // each account found has the warning to write and is not found again.
-        let (expiring, warn_until) = match self.config.billing.grant_expiring {
-            Some(notice) => (
-                format!(
-                    "UNION
-                     SELECT account_id FROM grants
-                      WHERE expires_at IS NOT NULL AND {live} AND expiring_told = 0 AND expires_at <= ?3"
-                ),
-                codec::micros(creditd_core::calendar::later(now, notice)),
+        let warn_until =
+            self.config.billing.grant_expiring.map(|notice| codec::micros(creditd_core::calendar::later(now, notice)));
+        let expiring = match warn_until {
+            Some(_) => format!(
+                "UNION
+                 SELECT account_id FROM grants
+                  WHERE expires_at IS NOT NULL AND {live} AND expiring_told = 0 AND expires_at <= ?3"
             ),
-            None => (String::new(), codec::micros(now)),
+            None => String::new(),
         };
         let sql = format!(
             "SELECT account_id FROM holds WHERE status = 'open' AND expires_at <= ?1
@@ -344,10 +343,10 @@ impl<C: WriterDb> Writer<C> {
              LIMIT ?2"
         );
         let now = codec::micros(now);
-        if expiring.is_empty() {
-            self.conn.query_vec(&sql, params![now, SWEEP_SCAN_MAX], |row| row.get::<String>(0))
-        } else {
-            self.conn.query_vec(&sql, params![now, SWEEP_SCAN_MAX, warn_until], |row| row.get::<String>(0))
+        let account = |row: &dyn super::Row| row.get::<String>(0);
+        match warn_until {
+            Some(until) => self.conn.query_vec(&sql, params![now, SWEEP_SCAN_MAX, until], account),
+            None => self.conn.query_vec(&sql, params![now, SWEEP_SCAN_MAX], account),
         }
     }
 
