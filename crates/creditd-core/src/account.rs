@@ -381,7 +381,9 @@ impl AccountState {
     }
 
     pub fn grant(&self, grant_id: &str) -> Option<&Grant> {
-        self.grants.iter().find(|g| g.id == grant_id)
+        // From the newest: a catch-up over many gift periods looks up the
+        // grant it has just made (ids are unique, so the order is free).
+        self.grants.iter().rev().find(|g| g.id == grant_id)
     }
 
     pub fn open_hold(&self, request_id: &str) -> Option<&Hold> {

@@ -298,7 +298,8 @@ impl Tx<'_> {
     }
 
     fn grant_mut(&mut self, grant_id: &str) -> Option<&mut Grant> {
-        self.state.grants.iter_mut().find(|g| g.id == grant_id)
+        // From the newest, like `AccountState::grant`.
+        self.state.grants.iter_mut().rev().find(|g| g.id == grant_id)
     }
 
     /// Frees what a hold reserved. Credits freed on a voided grant are voided.

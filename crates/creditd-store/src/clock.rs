@@ -23,6 +23,7 @@ impl Clock for SystemClock {
 #[derive(Debug)]
 pub struct ManualClock {
     now: Mutex<Timestamp>,
+    started: Timestamp,
 }
 
 /// Time was asked to move backwards.
@@ -31,7 +32,12 @@ pub struct Backwards;
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
-        ManualClock { now: Mutex::new(start) }
+        ManualClock { now: Mutex::new(start), started: start }
+    }
+
+    /// Where the clock started.
+    pub fn started(&self) -> Timestamp {
+        self.started
     }
 
     pub fn set(&self, to: Timestamp) -> Result<Timestamp, Backwards> {

@@ -92,6 +92,27 @@ async fn the_test_clock_moves_forward_only() {
     assert_eq!(api.call("GET", "/v1/test/clock", None, None).await.body["now"], "2026-04-01T12:00:00Z");
 }
 
+/// Issue 18: the fuzz suite moved the test clock centuries ahead, and the
+/// first write to each account then caught up on every weekly period in
+/// between while all callers waited. The test clock now moves at most five
+/// years (1,826 days) past where it started, by either form.
+#[tokio::test]
+async fn the_test_clock_moves_at_most_five_years_past_its_start() {
+    let api = Api::new().await;
+    // Started at 2026-03-01T00:00:00Z: the last moment allowed is 1,826 days on.
+    let refused = api.post("/v1/test/clock", json!({"now": "2031-03-01T00:00:01Z"})).await;
+    refused.expect_error(400, "invalid_request");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("1826 days"), "{refused:?}");
+    api.post("/v1/test/clock", json!({"advance_seconds": 1826 * 86_400 + 1}))
+        .await
+        .expect_error(400, "invalid_request");
+    api.post("/v1/test/clock", json!({"advance_seconds": i64::MAX})).await.expect_error(400, "invalid_request");
+    assert_eq!(api.call("GET", "/v1/test/clock", None, None).await.body["now"], "2026-03-01T00:00:00Z");
+    let last = api.post("/v1/test/clock", json!({"advance_seconds": 1826 * 86_400})).await;
+    assert_eq!(last.expect(200), &json!({"now": "2031-03-01T00:00:00Z"}));
+    api.post("/v1/test/clock", json!({"advance_seconds": 1})).await.expect_error(400, "invalid_request");
+}
+
 #[tokio::test]
 async fn the_test_clock_drives_expiry() {
     let api = Api::new().await;

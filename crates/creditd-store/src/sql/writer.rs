@@ -56,6 +56,10 @@ pub struct Stats {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Accounts the idle sweeper picks up per scan.
 const SWEEP_SCAN_MAX: i64 = 1000;
+/// Accounts swept per transaction. Requests wait while a sweep runs, and
+/// one account may have years of periods to catch up on (each weekly gift
+/// is a grant and its expiry): small sweeps keep that wait short.
+const SWEEP_BATCH_MAX: usize = 16;
 /// Settles of older price versions are rare; keep only a few of those prices.
 const OLD_PRICES_MAX: usize = 1024;
 
@@ -351,7 +355,7 @@ impl<C: WriterDb> Writer<C> {
     }
 
     fn sweep_some(&mut self) {
-        let n = self.sweep_queue.len().min(self.batch_max);
+        let n = self.sweep_queue.len().min(self.batch_max).min(SWEEP_BATCH_MAX);
         let batch: Vec<Job> = self
             .sweep_queue
             .drain(..n)
