@@ -79,7 +79,7 @@ impl ProxyError {
         }
         let retry = match self.code {
             // A minute's window: the SDKs wait Retry-After and try again.
-            "rate_limited" | "upstream_unavailable" | "internal" => "true",
+            "rate_limited" | "upstream_unavailable" | "upstream_timeout" | "internal" | "unavailable" => "true",
             _ => "false",
         };
         headers.insert("x-should-retry", HeaderValue::from_static(retry));

@@ -142,18 +142,22 @@ async fn prepare(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Prepare
     let started_at = proxy.app.clock.now();
     let provider = endpoint.provider();
     let fail = |e: ProxyError| (e, None);
-    let upstream = proxy.upstream(provider).ok_or_else(|| {
-        fail(ProxyError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no {} upstream is configured", provider.name()),
-        ))
-    })?;
     let (parts, body) = request.into_parts();
     let secret = secret(&parts.headers).ok_or_else(|| {
         fail(ProxyError::unauthorized("an API key is required (Authorization: Bearer, or x-api-key)"))
     })?;
     let account_id = creditd_server::auth::proxy_account(&proxy.app, secret).await.map_err(|e| fail(e.into()))?;
+    // After the key: a caller without one learns nothing of the configuration.
+    let upstream = proxy.upstream(provider).ok_or_else(|| {
+        fail(ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "this creditd has no {0} upstream: the operator sets [proxy.upstreams.{0}] api_key",
+                provider.name()
+            ),
+        ))
+    })?;
     let project = header_text(&parts.headers, PROJECT_HEADER).map_err(fail)?;
     let conversation = header_text(&parts.headers, CONVERSATION_HEADER).map_err(fail)?;
 

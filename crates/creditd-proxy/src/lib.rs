@@ -82,7 +82,8 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Whether any upstream is configured (the routes are mounted then).
+    /// Whether any upstream is configured. The routes are served either way:
+    /// a provider without an upstream answers `404 not_found`.
     pub fn enabled(&self) -> bool {
         self.openai.is_some() || self.anthropic.is_some()
     }
@@ -116,8 +117,11 @@ impl Proxy {
             .connect_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))?;
-        // Load the tokenizers now, not on the first request.
-        std::thread::spawn(tokens::warm_up);
+        // Load the tokenizers now, not on the first request (not at all
+        // while no upstream is configured: every request is refused then).
+        if config.enabled() {
+            std::thread::spawn(tokens::warm_up);
+        }
         Ok(Proxy(Arc::new(Inner { app, config, client })))
     }
 

@@ -375,3 +375,64 @@ async fn proxy_keys_are_created_listed_used_and_revoked(backend: Backend) {
     assert_eq!(status, 404);
     assert_eq!(h.records().await.len(), 2);
 }
+
+/// The routes `openapi.json` documents under the tag `proxy` are exactly
+/// the proxy's, and a provider without an upstream answers what it says:
+/// `404 not_found` in the provider's shape to a valid key, `401` without
+/// one (what the fuzz suite, which configures no upstream and sends an
+/// admin key, gets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_routes_answer_404_in_the_providers_shape_without_an_upstream() {
+    let doc: Value = serde_json::from_str(creditd_server::openapi::SPEC).expect("openapi.json");
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op["tags"][0] == "proxy" {
+                documented.insert((method.to_uppercase(), path.clone()));
+                let refusal = &op["responses"]["404"]["$ref"];
+                assert!(refusal.as_str().is_some_and(|r| r.ends_with("NotFound")), "{path}: {refusal}");
+            }
+        }
+    }
+    let served: std::collections::BTreeSet<_> =
+        creditd_proxy::routes().into_iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented, served);
+
+    let h = Harness::start_with(Backend::Sqlite, "10", |config| {
+        config.openai = None;
+        config.anthropic = None;
+    })
+    .await;
+    for (path, body, anthropic) in endpoints("hello", false) {
+        for key in [None, Some(ADMIN), Some("ct_nope_nope")] {
+            let mut request = h.http.post(h.proxy_url(path)).json(&body);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.expect("send");
+            assert_eq!(response.status(), 401, "{path} {key:?}");
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+        }
+        let request = h.http.post(h.proxy_url(path)).json(&body);
+        let request = if anthropic { request.header("x-api-key", &h.token) } else { request.bearer_auth(&h.token) };
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-should-retry"], "false");
+        let body: Value = response.json().await.expect("json");
+        let error = &body["error"];
+        assert_eq!(error["code"], "not_found", "{body}");
+        assert_eq!(error["type"], "not_found_error", "{body}");
+        let name = if anthropic { "anthropic" } else { "openai" };
+        assert!(error["message"].as_str().unwrap().contains(&format!("[proxy.upstreams.{name}]")), "{body}");
+        if anthropic {
+            assert_eq!(body["type"], "error");
+        } else {
+            assert_eq!(error["param"], Value::Null);
+        }
+    }
+    assert!(h.standin.seen().is_empty());
+    assert_eq!(h.held().await, "0");
+    assert!(h.records().await.is_empty());
+}

@@ -144,10 +144,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
             None
         }
     };
-    let mut router = app.router();
-    if let Some(proxy) = proxy(&config, &app)? {
-        router = router.merge(proxy.router());
-    }
+    // The proxy's routes are always served: a provider without an upstream
+    // answers `404 not_found` in its own error shape (docs/proxy.md).
+    let router = app.router().merge(proxy(&config, &app)?.router());
 
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
@@ -214,8 +213,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     outcome
 }
 
-/// The metering proxy, when an upstream is configured.
-fn proxy(config: &Config, app: &App) -> Result<Option<creditd_proxy::Proxy>, Failure> {
+/// The metering proxy (its routes answer `404` for a provider without an upstream).
+fn proxy(config: &Config, app: &App) -> Result<creditd_proxy::Proxy, Failure> {
     let section = &config.proxy;
     let upstream = |u: &Option<config::UpstreamSection>| {
         u.as_ref()
@@ -229,15 +228,12 @@ fn proxy(config: &Config, app: &App) -> Result<Option<creditd_proxy::Proxy>, Fai
         first_byte_timeout: Duration::from_secs(section.first_byte_timeout_seconds),
         idle_timeout: Duration::from_secs(section.idle_timeout_seconds),
     };
-    if !proxy_config.enabled() {
-        return Ok(None);
-    }
     for (name, upstream) in [("openai", &proxy_config.openai), ("anthropic", &proxy_config.anthropic)] {
         if let Some(u) = upstream {
             tracing::info!(provider = name, base_url = %u.base_url, "metering proxy upstream");
         }
     }
-    creditd_proxy::Proxy::new(app.state(), proxy_config).map(Some).map_err(Failure::runtime)
+    creditd_proxy::Proxy::new(app.state(), proxy_config).map_err(Failure::runtime)
 }
 
 /// Applies the configuration's models and plans (the rule:

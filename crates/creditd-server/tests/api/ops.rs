@@ -222,7 +222,10 @@ async fn openapi_describes_every_route() {
         App::routes().into_iter().map(|(m, p)| (m.to_string(), p.replace("{*", "{"))).collect();
     let missing: Vec<_> = served.difference(&documented).collect();
     assert!(missing.is_empty(), "routes missing from openapi.json: {missing:?}");
-    let extra: Vec<_> = documented.difference(&served).collect();
+    // The metering proxy's routes (tag `proxy`) are served by creditd-proxy,
+    // whose own test checks them against the document.
+    let proxy = |(method, path): &&(String, String)| doc["paths"][path][method.to_lowercase()]["tags"][0] == "proxy";
+    let extra: Vec<_> = documented.difference(&served).filter(|op| !proxy(op)).collect();
     assert!(extra.is_empty(), "openapi.json documents routes that are not served: {extra:?}");
     // Every operation has responses, and every body-taking operation a request body.
     for (method, path) in &documented {
