@@ -32,6 +32,10 @@ pub async fn run(command: &ProxyKeysCommand) -> Result<(), Failure> {
             eprintln!("The secret is shown only this once. SDKs send it as their API key (docs/proxy.md).");
         }
         ProxyKeysCommand::List { .. } => {
+            let read = |e| Failure::runtime(format!("cannot read account {account:?}: {e}"));
+            if store.account(account).await.map_err(read)?.is_none() {
+                return Err(Failure::runtime(format!("account {account:?} not found")));
+            }
             let keys = store.proxy_keys(account).await.map_err(|e| Failure::runtime(format!("cannot list: {e}")))?;
             println!("id\tname\tcreated_at\tlast_used_at\trevoked_at");
             for k in keys {

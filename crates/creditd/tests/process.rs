@@ -644,6 +644,164 @@ fn keys_and_tokens_are_listed_and_revoked_from_the_cli() {
     server.stop();
 }
 
+/// A `creditd proxy-keys` command's stdout, run on the database while a
+/// server has it open.
+fn proxy_keys_cli(dir: &Path, db: &str, config: &str, args: &[&str]) -> String {
+    let out = run(dir, &[&["proxy-keys"], args, &["--db", db, "--config", config]].concat());
+    assert!(out.status.success(), "proxy-keys {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A metering-proxy call: status, `x-creditd-request-id`, `x-creditd-credits`, body.
+fn proxy_call(http: &Http, url: &str, key: &str, body: &Value) -> (u16, Option<String>, Option<String>, Value) {
+    let response = http
+        .agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {key}"))
+        .header("x-creditd-project", "cli-test")
+        .send_json(body)
+        .expect("proxy call");
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().expect("text").to_string());
+    let (request_id, credits) = (header("x-creditd-request-id"), header("x-creditd-credits"));
+    let (status, body) = Http::answer(Ok(response));
+    (status, request_id, credits, body)
+}
+
+/// Issue 15: `creditd proxy-keys create|list|revoke` as processes on the
+/// database of a running `creditd serve` whose OpenAI upstream is the
+/// stand-in provider: the key the CLI prints is an SDK's API key on
+/// `/openai/v1/chat/completions` (charged, its use listed) until the CLI
+/// revokes it; then it is refused (at once by a server that had not
+/// verified it yet, within the 30-second key cache by one that had).
+#[test]
+fn proxy_keys_from_the_cli_work_against_the_proxy_until_revoked() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let standin = runtime.block_on(creditd_proxy::standin::StandIn::start()).expect("stand-in");
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir.path().join("proxy.db"));
+    let config = dir.path().join("creditd.toml");
+    let upstream = format!(
+        "[proxy.upstreams.openai]\nbase_url = \"{}\"\napi_key = \"sk-standin-process-test\"\n",
+        standin.openai_base()
+    );
+    std::fs::write(&config, format!("{QUIET_CONFIG}{upstream}")).unwrap();
+    let config = config.to_str().unwrap();
+    let cli = |args: &[&str]| proxy_keys_cli(dir.path(), &db, config, args);
+
+    let server = Server::start(
+        dir.path(),
+        &["--config", config, "--db", &db, "--listen", "127.0.0.1:0", "--admin-key", ADMIN_KEY],
+    );
+    let http = Http::new();
+    let gpt = json!({"cost_usd_per_mtok": {"input": "2.5", "output": "10", "cache_read": "1.25", "cache_write": "0"},
+                     "max_output_tokens": 4096});
+    let (status, body) = http.send("PUT", &server.url("/v1/models/gpt-4o"), ADMIN_KEY, &gpt, None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http.post(&server.url("/v1/accounts"), ADMIN_KEY, &json!({"id": "u_1"}));
+    assert_eq!(status, 201, "{body}");
+    let topup = json!({"amount_usd": "10", "provider": "manual"});
+    let (status, body) = http.post(&server.url("/v1/accounts/u_1/wallet/topups"), ADMIN_KEY, &topup);
+    assert_eq!(status, 201, "{body}");
+
+    // Created by the CLI: the secret is printed once, never listed.
+    let out = run(
+        dir.path(),
+        &["proxy-keys", "create", "--account", "nobody", "--name", "x", "--db", &db, "--config", config],
+    );
+    assert_eq!(out.status.code(), Some(1), "no such account: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
+    let created = cli(&["create", "--account", "u_1", "--name", "laptop"]);
+    let secret = printed_after(&created, "secret:").expect("the secret is printed").to_string();
+    let id = secret.strip_prefix("cp_").and_then(|s| s.split('_').next()).expect("cp_<id>_…").to_string();
+    assert!(created.contains(&format!("created proxy key {id} of account u_1 named \"laptop\"")), "{created}");
+    let row = |listing: &str| listing.lines().find(|l| l.starts_with(&format!("{id}\t"))).map(str::to_string);
+    let listed = cli(&["list", "--account", "u_1"]);
+    assert!(listed.starts_with("id\tname\tcreated_at\tlast_used_at\trevoked_at\n"), "{listed}");
+    let line = row(&listed).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.starts_with(&format!("{id}\tlaptop\t")) && line.ends_with("\t-\t-"), "unused, live: {line}");
+    assert!(!listed.contains(&secret), "no secret in the list");
+    let out = run(dir.path(), &["proxy-keys", "list", "--account", "nobody", "--db", &db, "--config", config]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("account \"nobody\" not found"), "{}", text(&out.stderr));
+
+    // The key is an SDK's API key: the stand-in's answer comes back, charged
+    // with the stand-in's usage (32 uncached + 10 cached in, 9 out:
+    // 32 × $2.5/M + 10 × $1.25/M + 9 × $10/M = $0.0001825).
+    let chat = server.url("/openai/v1/chat/completions");
+    let body = json!({"model": "gpt-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}]});
+    let (status, request_id, credits, answer) = proxy_call(&http, &chat, &secret, &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert_eq!(credits.as_deref(), Some("0.01825"));
+    let request_id = request_id.expect("x-creditd-request-id");
+    let (status, usage) = http.get(&server.url("/v1/accounts/u_1/usage"), Some(ADMIN_KEY));
+    assert_eq!(status, 200, "{usage}");
+    let records = usage["data"].as_array().expect("records");
+    assert_eq!(records.len(), 1, "{usage}");
+    assert_eq!(records[0]["request_id"], request_id.as_str());
+    assert_eq!(records[0]["credits"], "0.01825");
+    assert_eq!(records[0]["project"], "cli-test");
+    assert_eq!(standin.seen().len(), 1);
+    assert_eq!(standin.seen()[0].headers["authorization"], "Bearer sk-standin-process-test", "the operator's key");
+    // Its use is listed (written in the background).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = row(&cli(&["list", "--account", "u_1"])).unwrap();
+        let used = line.split('\t').nth(3).unwrap();
+        if used != "-" {
+            assert!(line.ends_with("\t-"), "not revoked: {line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key's use was never recorded: {line}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A second key, revoked by the CLI before this server ever verified it:
+    // refused at once. Revoking is idempotent; another account's key is not found.
+    let other = printed_after(&cli(&["create", "--account", "u_1"]), "secret:").unwrap().to_string();
+    let other_id = other.strip_prefix("cp_").and_then(|s| s.split('_').next()).unwrap().to_string();
+    assert!(cli(&["revoke", "--account", "u_1", "--id", &other_id]).contains(&format!("revoked proxy key {other_id}")));
+    let (status, _, _, refusal) = proxy_call(&http, &chat, &other, &body);
+    assert_eq!(status, 401, "{refusal}");
+    assert_eq!(refusal["error"]["type"], "authentication_error", "{refusal}");
+    assert!(refusal["error"]["message"].as_str().unwrap().contains("revoked"), "{refusal}");
+    assert!(cli(&["revoke", "--account", "u_1", "--id", &other_id]).contains("revoked proxy key"));
+    let out = run(
+        dir.path(),
+        &["proxy-keys", "revoke", "--account", "nobody", "--id", &other_id, "--db", &db, "--config", config],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+
+    // The first key, revoked by the CLI while this server has it cached:
+    // refused within the cache's 30 seconds. Probed with a model not in the
+    // price book, so that nothing goes upstream while it is still accepted
+    // (400 unknown_model comes after the key check).
+    assert!(
+        cli(&["revoke", "--account", "u_1", "--id", &id]).contains(&format!("revoked proxy key {id} of account u_1"))
+    );
+    let revoked_at = Instant::now();
+    let probe = json!({"model": "not-in-the-book", "messages": []});
+    loop {
+        let (status, _, _, answer) = proxy_call(&http, &chat, &secret, &probe);
+        if status == 401 {
+            assert_eq!(answer["error"]["type"], "authentication_error", "{answer}");
+            break;
+        }
+        assert_eq!((status, &answer["error"]["code"]), (400, &json!("unknown_model")), "{answer}");
+        assert!(revoked_at.elapsed() < Duration::from_secs(35), "the revoked key is still accepted");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let line = row(&cli(&["list", "--account", "u_1"])).unwrap();
+    assert!(!line.ends_with("\t-"), "revoked_at is listed: {line}");
+    assert_eq!(standin.seen().len(), 1, "nothing else went upstream");
+    let (_, usage) = http.get(&server.url("/v1/accounts/u_1/usage"), Some(ADMIN_KEY));
+    assert_eq!(usage["data"].as_array().unwrap().len(), 1, "one charge: {usage}");
+    let (_, balance) = http.get(&server.url("/v1/accounts/u_1/balance"), Some(ADMIN_KEY));
+    assert_eq!(balance["held"], "0", "no hold left open: {balance}");
+    server.stop();
+    drop(standin);
+}
+
 #[test]
 fn a_bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
