@@ -44,7 +44,7 @@ impl ProxyError {
     /// The provider's error `type` for this refusal.
     fn provider_type(&self, provider: Provider) -> &'static str {
         match (provider, self.status.as_u16()) {
-            (_, 400 | 413) => "invalid_request_error",
+            (_, 400 | 405 | 408 | 413) => "invalid_request_error",
             (_, 401) => "authentication_error",
             (Provider::OpenAi, 402) => "insufficient_quota",
             (Provider::Anthropic, 402) => "billing_error",

@@ -23,6 +23,8 @@ use creditd_core::account::{Hold, RequestDetails, UsageRecord};
 use creditd_core::engine::Outcome;
 use creditd_core::pricing::{EstimateInput, RequestStatus};
 use creditd_core::units::Credits;
+use creditd_server::ApiError;
+use creditd_server::extract::{BodyReadTimeout, DEFAULT_BODY_READ_TIMEOUT};
 use creditd_server::validate;
 use creditd_store::{AuthorizeRequest, Command, Reply, StoreError};
 use jiff::Timestamp;
@@ -161,13 +163,19 @@ async fn prepare(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Prepare
     let project = header_text(&parts.headers, PROJECT_HEADER).map_err(fail)?;
     let conversation = header_text(&parts.headers, CONVERSATION_HEADER).map_err(fail)?;
 
-    let bytes = axum::body::to_bytes(body, proxy.config.max_body_bytes).await.map_err(|_| {
-        fail(ProxyError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is larger than {} bytes, or was not received whole", proxy.config.max_body_bytes),
-        ))
-    })?;
+    // The whole body within the API's body read timeout (a request
+    // extension of the router), however it trickles in.
+    let timeout = parts.extensions.get::<BodyReadTimeout>().map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, proxy.config.max_body_bytes)).await {
+        Err(_) => return Err(fail(ApiError::request_timeout(timeout).into())),
+        Ok(read) => read.map_err(|_| {
+            fail(ProxyError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {} bytes, or was not received whole", proxy.config.max_body_bytes),
+            ))
+        })?,
+    };
     let json: Value = serde_json::from_slice(&bytes)
         .map_err(|e| fail(ProxyError::invalid(format!("the body is not valid JSON: {e}"))))?;
     let parsed = request::parse(endpoint, &json).map_err(|e| fail(ProxyError::invalid(e.0)))?;

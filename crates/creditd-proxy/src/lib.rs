@@ -32,7 +32,9 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{any, post};
+use creditd_server::Mounted;
 use creditd_server::state::AppState;
+use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
 
 use crate::decode::{Endpoint, Provider};
 use crate::errors::ProxyError;
@@ -132,15 +134,59 @@ impl Proxy {
         }
     }
 
-    /// The proxy's routes, to merge into the API's router.
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/openai/v1/chat/completions", post(chat_completions))
-            .route("/openai/v1/responses", post(responses))
-            .route("/anthropic/v1/messages", post(messages))
-            .route("/openai/{*rest}", any(openai_unknown))
-            .route("/anthropic/{*rest}", any(anthropic_unknown))
+    /// The proxy's routes, to serve beside the API under its layers
+    /// (request metrics labelled by [`PATTERNS`], tracing, the body read
+    /// timeout): `app.router_with(proxy.mount())`. Each provider's routes
+    /// answer a panic (`500 internal`) and a method other than `POST`
+    /// (`405 method_not_allowed`, with `Allow`) in that provider's error
+    /// JSON, before the API's layers would in creditd's.
+    pub fn mount(&self) -> Mounted {
+        Mounted { router: self.router(), patterns: PATTERNS }
+    }
+
+    fn router(&self) -> Router {
+        let openai = Router::new()
+            .route("/openai/v1/chat/completions", post(chat_completions).fallback(openai_method_not_allowed))
+            .route("/openai/v1/responses", post(responses).fallback(openai_method_not_allowed))
+            .route("/openai/{*rest}", any(openai_unknown));
+        let anthropic = Router::new()
+            .route("/anthropic/v1/messages", post(messages).fallback(anthropic_method_not_allowed))
+            .route("/anthropic/{*rest}", any(anthropic_unknown));
+        provider_layers(openai, Provider::OpenAi)
+            .merge(provider_layers(anthropic, Provider::Anthropic))
             .with_state(self.clone())
+    }
+}
+
+/// The templates of the proxy's routes: their `route` label in `/metrics`
+/// (never the path a client sent: an unknown path under `/openai/` counts
+/// as `/openai/{*rest}`).
+pub const PATTERNS: &[&str] = &[
+    "/openai/v1/chat/completions",
+    "/openai/v1/responses",
+    "/anthropic/v1/messages",
+    "/openai/{*rest}",
+    "/anthropic/{*rest}",
+];
+
+/// What a provider's routes add under the API's layers: a panic answered
+/// `500 internal` in the provider's error JSON (the API's own net would
+/// answer in creditd's).
+pub fn provider_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>, provider: Provider) -> Router<S> {
+    routes.route_layer(CatchPanicLayer::custom(PanicAnswer(provider)))
+}
+
+/// The answer to a panic on a provider's route.
+#[derive(Clone, Copy)]
+struct PanicAnswer(Provider);
+
+impl ResponseForPanic for PanicAnswer {
+    type ResponseBody = axum::body::Body;
+
+    fn response_for_panic(&mut self, panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+        creditd_server::routes::log_panic(&*panic);
+        ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "creditd failed to answer this request")
+            .response(self.0, None)
     }
 }
 
@@ -168,6 +214,25 @@ fn unknown(provider: Provider, request: &Request) -> Response {
         format!("the proxy does not serve {} {}", request.method(), request.uri().path()),
     )
     .response(provider, None)
+}
+
+/// A method other than `POST` on a proxy route: `405 method_not_allowed` in
+/// the provider's shape (axum adds `Allow: POST`).
+fn method_not_allowed(provider: Provider, request: &Request) -> Response {
+    ProxyError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {}; the Allow header lists what it takes", request.uri().path(), request.method()),
+    )
+    .response(provider, None)
+}
+
+async fn openai_method_not_allowed(request: Request) -> Response {
+    method_not_allowed(Provider::OpenAi, &request)
+}
+
+async fn anthropic_method_not_allowed(request: Request) -> Response {
+    method_not_allowed(Provider::Anthropic, &request)
 }
 
 async fn openai_unknown(request: Request) -> Response {

@@ -436,3 +436,165 @@ async fn the_documented_routes_answer_404_in_the_providers_shape_without_an_upst
     assert_eq!(h.held().await, "0");
     assert!(h.records().await.is_empty());
 }
+
+/// The proxy's routes are served under the API's layers: each request is
+/// counted in `/metrics` under its route's template (never the path, the
+/// account or the model a client sent), and a method other than `POST` is
+/// `405` with `Allow` and the provider's error JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_requests_are_counted_by_route_template_and_405s_answer_in_the_providers_shape() {
+    let h = Harness::start(Backend::Sqlite, "10").await;
+    let metrics = || async { h.http.get(h.proxy_url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let chat = [("method", "POST"), ("route", "/openai/v1/chat/completions"), ("status", "200")];
+    let messages = [("method", "POST"), ("route", "/anthropic/v1/messages"), ("status", "200")];
+    let unknown = [("method", "GET"), ("route", "/openai/{*rest}"), ("status", "404")];
+    let not_allowed = [("method", "GET"), ("route", "/openai/v1/responses"), ("status", "405")];
+    let total = "creditd_http_requests_total";
+    let before = metrics().await;
+
+    // A whole answer, a stream (the time is to its head; the count is there
+    // once the answer is), an unknown path under /openai/.
+    let response = post(&h, "/openai/v1/chat/completions", &chat_body("gpt-4o-2024-08-06", "hi", false), false).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    let response = post(&h, "/anthropic/v1/messages", &messages_body(CLAUDE, "hi", true), true).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    let secret_path = format!("/openai/v1/models/attacker-{}", uuid::Uuid::now_v7().simple());
+    let response = h.http.get(h.proxy_url(&secret_path)).bearer_auth(&h.token).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["type"], "not_found_error");
+
+    // 405, each provider's shape, with Allow; nothing goes upstream.
+    for (method, path, anthropic) in [
+        (reqwest::Method::GET, "/openai/v1/responses", false),
+        (reqwest::Method::DELETE, "/openai/v1/chat/completions", false),
+        (reqwest::Method::PUT, "/anthropic/v1/messages", true),
+    ] {
+        let response = h.http.request(method.clone(), h.proxy_url(path)).bearer_auth(&h.token).send().await.unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], "POST", "{method} {path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-should-retry"], "false");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&format!("does not take {method}")), "{body}");
+        if anthropic {
+            assert_eq!(body["type"], "error");
+        } else {
+            assert_eq!(body["error"]["param"], Value::Null);
+        }
+    }
+    // HEAD: 405 with Allow, no body.
+    let response = h.http.head(h.proxy_url("/anthropic/v1/messages")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+
+    // Other tests of this process count too: at least ours.
+    let after = metrics().await;
+    for labels in [&chat[..], &messages, &unknown, &not_allowed] {
+        let added = counter(&after, total, labels) - counter(&before, total, labels);
+        assert!(added >= 1.0, "{labels:?}: {added}\n{after}");
+    }
+    let timed = [("route", "/openai/v1/chat/completions"), ("status", "200")];
+    assert!(counter(&after, "creditd_http_request_duration_seconds_count", &timed) >= 1.0, "{after}");
+    for tainted in [secret_path.as_str(), "attacker-", ACCOUNT, "gpt-4o", CLAUDE, &h.token] {
+        assert!(!after.contains(tainted), "{tainted} in /metrics");
+    }
+    assert!(h.standin.seen().len() == 2, "only the two POSTs went upstream");
+}
+
+/// A request body that does not arrive within the API's body read timeout
+/// is `408 request_timeout` in the provider's shape: nothing held, nothing
+/// sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_the_body_read_timeout_is_408_in_the_providers_shape() {
+    let h = Harness::start_configured(
+        Backend::Sqlite,
+        "10",
+        |_| {},
+        |server| server.body_read_timeout = Some(Duration::from_millis(500)),
+    )
+    .await;
+    for anthropic in [false, true] {
+        let (path, body) = if anthropic {
+            ("/anthropic/v1/messages", messages_body(CLAUDE, "hi", false))
+        } else {
+            ("/openai/v1/chat/completions", chat_body(GPT, "hi", false))
+        };
+        let text = body.to_string();
+        let half = bytes::Bytes::copy_from_slice(&text.as_bytes()[..text.len() / 2]);
+        use futures_util::StreamExt;
+        let trickle =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(half)]).chain(futures_util::stream::pending());
+        let request = h
+            .http
+            .post(h.proxy_url(path))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(trickle));
+        let request = if anthropic { request.header("x-api-key", &h.token) } else { request.bearer_auth(&h.token) };
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send()).await.expect("answered").unwrap();
+        assert_eq!(response.status(), 408, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["type"] == "error", anthropic, "{body}");
+    }
+    assert!(h.standin.seen().is_empty());
+    assert_eq!(h.held().await, "0");
+    assert!(h.records().await.is_empty());
+}
+
+/// A panic on a provider's route is answered `500 internal` in that
+/// provider's error JSON by the provider's own net (`provider_layers`, what
+/// the proxy's routes are built with), under the API's layers, which count
+/// it; the panic's message is never sent. No production route can be made
+/// to panic: the route here exists in this test only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_a_provider_route_is_a_500_in_the_providers_shape() {
+    use axum::routing::post as route_post;
+    use creditd_proxy::decode::Provider;
+
+    async fn boom() -> &'static str {
+        panic!("secret detail of a bug")
+    }
+    let h = Harness::start(Backend::Sqlite, "10").await;
+    let app = creditd_server::App::new(
+        h.store.clone(),
+        std::sync::Arc::new(creditd_store::ManualClock::new("2026-03-01T00:00:00Z".parse().unwrap())),
+        None,
+        creditd_server::ServerConfig::default(),
+    );
+    let openai: axum::Router = axum::Router::new().route("/openai/v1/boom", route_post(boom));
+    let anthropic: axum::Router = axum::Router::new().route("/anthropic/v1/boom", route_post(boom));
+    let router = app.router_with(creditd_server::Mounted {
+        router: creditd_proxy::provider_layers(openai, Provider::OpenAi)
+            .merge(creditd_proxy::provider_layers(anthropic, Provider::Anthropic)),
+        patterns: &["/openai/v1/boom", "/anthropic/v1/boom"],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let labels = [("method", "POST"), ("route", "/openai/v1/boom"), ("status", "500")];
+    let metrics = || async { h.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() };
+    let before = counter(&metrics().await, "creditd_http_requests_total", &labels);
+    for anthropic in [false, true] {
+        let path = if anthropic { "/anthropic/v1/boom" } else { "/openai/v1/boom" };
+        let response = h.http.post(format!("{base}{path}")).send().await.expect("an answer, not a dropped connection");
+        assert_eq!(response.status(), 500, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-should-retry"], "true");
+        let body: Value = response.json().await.unwrap();
+        assert!(!body.to_string().contains("secret detail"), "{body}");
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        assert_eq!(body["error"]["type"], "api_error", "{body}");
+        assert_eq!(body["type"] == "error", anthropic, "{body}");
+        assert!(body["error"].get("details").is_none(), "not creditd's shape: {body}");
+    }
+    let after = counter(&metrics().await, "creditd_http_requests_total", &labels);
+    assert!(after - before >= 1.0, "counted: {before} → {after}");
+    server.abort();
+}

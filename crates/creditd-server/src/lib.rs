@@ -50,6 +50,21 @@ pub struct ServerConfig {
     pub dashboard: dashboard::DashboardConfig,
 }
 
+/// Routes served beside the API under its layers (`App::router_with`):
+/// request tracing, request metrics, the panic net, the body read timeout
+/// (`extract::BodyReadTimeout`, a request extension). The API's own answers
+/// apply where the mounted routes give none: its `404` for a path no route
+/// matches, its `405` for a route without a method fallback of its own, its
+/// `500` for a panic no layer of theirs caught. The metering proxy mounts
+/// its routes so, with fallbacks and a panic layer answering in the
+/// provider's error shape.
+pub struct Mounted {
+    pub router: axum::Router,
+    /// The templates of the mounted routes (axum's syntax): their
+    /// `route` label in `/metrics`; a route not listed is counted as `other`.
+    pub patterns: &'static [&'static str],
+}
+
 /// The API: a store, a clock and the configuration.
 pub struct App {
     state: state::AppState,
@@ -70,11 +85,16 @@ impl App {
 
     /// The whole API.
     pub fn router(&self) -> axum::Router {
-        routes::router(self.state.clone())
+        routes::router(self.state.clone(), None)
+    }
+
+    /// The whole API, and `mounted` beside it under the same layers.
+    pub fn router_with(&self, mounted: Mounted) -> axum::Router {
+        routes::router(self.state.clone(), Some(mounted))
     }
 
     /// What the handlers share: for routes mounted beside the API (the
-    /// metering proxy).
+    /// metering proxy, [`App::router_with`]).
     pub fn state(&self) -> state::AppState {
         self.state.clone()
     }

@@ -4,10 +4,11 @@
 //! are labelled by their pattern (`/v1/accounts/{id}/balance`), unknown routes
 //! and methods `other`: no label takes request data.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -91,13 +92,29 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// The closed set of `route` labels: the templates of the routes a router
+/// serves (`/v1/accounts/{id}/balance`, `/openai/{*rest}`).
+#[derive(Clone)]
+pub struct RouteLabels(Arc<HashSet<&'static str>>);
+
+impl RouteLabels {
+    pub fn new(patterns: impl IntoIterator<Item = &'static str>) -> Self {
+        RouteLabels(Arc::new(patterns.into_iter().collect()))
+    }
+
+    /// The label of a matched route's template (`other` if it is not one of the set).
+    pub fn label(&self, matched: Option<&MatchedPath>) -> &'static str {
+        matched.and_then(|p| self.0.get(p.as_str()).copied()).unwrap_or(OTHER)
+    }
+}
+
 /// Middleware: counts and times every request by route pattern and status.
-pub async fn track(request: Request, next: Next) -> Response {
+/// The time is to the response's head (a stream's body is not waited for).
+pub async fn track(State(labels): State<RouteLabels>, request: Request, next: Next) -> Response {
     // Labels come from a closed set, never from what the caller sent: the
     // route's pattern (or `other` when none matched) and a standard method
     // (or `other`), so no request can add a series.
-    let route: &'static str =
-        request.extensions().get::<MatchedPath>().and_then(|p| crate::routes::pattern(p.as_str())).unwrap_or(OTHER);
+    let route = labels.label(request.extensions().get::<MatchedPath>());
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;

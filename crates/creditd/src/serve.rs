@@ -146,7 +146,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     // The proxy's routes are always served: a provider without an upstream
     // answers `404 not_found` in its own error shape (docs/proxy.md).
-    let router = app.router().merge(proxy(&config, &app)?.router());
+    let router = app.router_with(proxy(&config, &app)?.mount());
 
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();

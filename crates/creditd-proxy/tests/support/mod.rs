@@ -78,10 +78,21 @@ impl Harness {
     }
 
     pub async fn start_with(backend: Backend, wallet_usd: &str, adjust: impl FnOnce(&mut ProxyConfig)) -> Harness {
+        Harness::start_configured(backend, wallet_usd, adjust, |_| {}).await
+    }
+
+    /// Like [`Harness::start_with`], with the API's configuration adjusted too.
+    pub async fn start_configured(
+        backend: Backend,
+        wallet_usd: &str,
+        adjust: impl FnOnce(&mut ProxyConfig),
+        adjust_server: impl FnOnce(&mut ServerConfig),
+    ) -> Harness {
         let standin = StandIn::start().await.expect("stand-in");
         let clock = Arc::new(ManualClock::new("2026-03-01T00:00:00Z".parse().expect("time")));
         let (store, home) = open_store(backend, clock.clone());
-        let config = ServerConfig { admin_key: Some(ADMIN.into()), ..ServerConfig::default() };
+        let mut config = ServerConfig { admin_key: Some(ADMIN.into()), ..ServerConfig::default() };
+        adjust_server(&mut config);
         let app = App::new(store.clone(), clock, None, config);
         let mut proxy_config = ProxyConfig {
             openai: Some(Upstream { base_url: standin.openai_base(), api_key: UPSTREAM_OPENAI_KEY.into() }),
@@ -92,7 +103,7 @@ impl Harness {
         proxy_config.aliases.insert("gpt-4o-2024-08-06".into(), GPT.into());
         adjust(&mut proxy_config);
         let proxy = Proxy::new(app.state(), proxy_config).expect("proxy");
-        let router = app.router().merge(proxy.router());
+        let router = app.router_with(proxy.mount());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move {
@@ -184,6 +195,18 @@ impl Harness {
     pub fn proxy_url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+}
+
+/// The sum of a counter's series in `/metrics` text whose labels include
+/// every one of `labels` (`name="value"` pairs).
+pub fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(series, _)| labels.iter().all(|(k, v)| series.split(',').any(|l| l == format!("{k}=\"{v}\""))))
+        .map(|(_, value)| value.trim().parse::<f64>().expect("a number"))
+        .sum()
 }
 
 /// The proxy's metadata on a usage record.

@@ -110,45 +110,55 @@ pub fn table() -> Vec<RouteDef> {
     ]
 }
 
-/// The `'static` pattern of a served route (`None` for anything else).
-pub fn pattern(path: &str) -> Option<&'static str> {
-    static PATTERNS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    PATTERNS
-        .get_or_init(|| table().into_iter().map(|r| r.path).chain(crate::dashboard::PATHS.iter().copied()).collect())
-        .iter()
-        .copied()
-        .find(|p| *p == path)
+/// The templates of every route the API serves (its table and the
+/// dashboard's): the `route` labels of its request metrics.
+pub fn patterns() -> impl Iterator<Item = &'static str> {
+    table().into_iter().map(|r| r.path).chain(crate::dashboard::PATHS.iter().copied())
 }
 
-/// The whole API over `state`.
-pub fn router(state: AppState) -> Router {
-    let mut router = Router::new();
+/// The whole API over `state`, with `mounted` routes (the metering proxy's)
+/// beside it, under the same layers.
+pub fn router(state: AppState, mounted: Option<crate::Mounted>) -> Router {
+    let mut api = Router::new();
     for r in table() {
-        router = router.route(r.path, r.handler);
+        api = api.route(r.path, r.handler);
     }
+    let mut labels: Vec<&'static str> = patterns().collect();
+    let mut router: Router = api.merge(crate::dashboard::router(state.clone())).with_state(state.clone());
+    if let Some(mounted) = mounted {
+        labels.extend(mounted.patterns.iter().copied());
+        router = router.merge(mounted.router);
+    }
+    // A layer wraps the routes present when it is added: every route is
+    // merged above. The last added is the outermost: tracing sees every
+    // request, metrics count what the panic net answered.
     router
-        .merge(crate::dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(crate::extract::BodyReadTimeout(
             state.config.body_read_timeout.unwrap_or(crate::extract::DEFAULT_BODY_READ_TIMEOUT),
         )))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn(crate::metrics::track))
+        .layer(middleware::from_fn_with_state(crate::metrics::RouteLabels::new(labels), crate::metrics::track))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
-/// The last net: a handler that panics answers `500 internal` with the
-/// error body instead of dropping the connection. No input or clock should
-/// get here (a bug); the panic is logged, its message never sent.
-fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+/// Logs a panic caught by a router's net: its message goes to the log,
+/// never to the client.
+pub fn log_panic(panic: &(dyn std::any::Any + Send)) {
     let message = panic
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     tracing::error!(panic = message, "a request handler panicked");
+}
+
+/// The last net: a handler that panics answers `500 internal` with the
+/// error body instead of dropping the connection. No input or clock should
+/// get here (a bug); the panic is logged, its message never sent.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    log_panic(&*panic);
     axum::response::IntoResponse::into_response(ApiError::internal("the server failed to answer this request"))
 }
 
