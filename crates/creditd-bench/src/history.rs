@@ -101,7 +101,7 @@ pub fn replicate(db: &Path, accounts: u32, rows: u64) -> Result<()> {
 /// `[?1, ?2)`, with `replace` giving the expression of the columns that
 /// differ per copy. The columns come from the table itself, so the copy
 /// follows the schema.
-fn copy_sql(conn: &Connection, table: &str, replace: impl Fn(&str) -> Option<String>) -> Result<String> {
+pub(crate) fn copy_sql(conn: &Connection, table: &str, replace: impl Fn(&str) -> Option<String>) -> Result<String> {
     let mut statement = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}') WHERE name <> 'seq'"))?;
     let columns: Vec<String> = statement.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     let values: Vec<String> = columns.iter().map(|c| replace(c).unwrap_or_else(|| format!("t.{c}"))).collect();

@@ -4,10 +4,15 @@
 //! durable commits, N accounts, C concurrent callers: on the embedded SQLite
 //! store, or with `--postgres` on a PostgreSQL database through one or more
 //! store instances (each its own writer, as separate `creditd serve`s would be).
+//!
+//! `bare-http`: the HTTP ceiling creditd is measured against; `tables`: the
+//! table-writing experiment of issue #16 (see their modules).
 
+mod bare_http;
 mod chaos;
 mod export;
 mod history;
+mod tables;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +79,13 @@ enum Bench {
     /// answers cut; then: every acknowledged operation exactly once, and
     /// `creditd audit` (scripts/chaos-postgres).
     Chaos(chaos::ChaosArgs),
+    /// The bare HTTP ceiling: `creditd serve`'s listener answering
+    /// `POST /v1/usage` after parsing its body, without metering
+    /// (scripts/bench-http's baseline).
+    BareHttp(bare_http::BareHttpArgs),
+    /// How fast the table-writing side goes in large transactions on random
+    /// accounts, for today's layout and cheaper ones (issue #16).
+    Tables(tables::TablesArgs),
 }
 
 fn model() -> ModelPrice {
@@ -257,6 +269,8 @@ async fn main() -> Result<()> {
         }
         Bench::Export(args) => export::run(args).await,
         Bench::Chaos(args) => tokio::task::spawn_blocking(move || chaos::run(args)).await?,
+        Bench::BareHttp(args) => bare_http::run(args).await,
+        Bench::Tables(args) => tokio::task::spawn_blocking(move || tables::run(args)).await?,
         Bench::Seed { db, accounts, history } => {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
                 &db,
